@@ -1,0 +1,380 @@
+"""Command line: ``napari-unetseg train | predict | evaluate | demo``.
+
+Works on TIFF files through tifffile. Every command reports progress on stderr, and any input
+error ends with a one-line message and a non-zero exit code instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("napari_unetseg")
+
+
+class CliError(Exception):
+    """An error to report to the user as one line."""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def parse_slices(text: str | None) -> slice | None:
+    """``"0:25"`` -> slice(0, 25); ``"7"`` -> slice(7, 8); None -> None."""
+    if text is None:
+        return None
+    try:
+        if ":" in text:
+            parts = [int(p) if p.strip() else None for p in text.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            return slice(*parts)
+        i = int(text)
+        return slice(i, i + 1)
+    except ValueError:
+        raise CliError(f"--slices must look like 0:25 or 7, got {text!r}") from None
+
+
+class Progress:
+    """A one-line progress bar on stderr (redrawn at most a few times a second)."""
+
+    def __init__(self, label: str, stream=None, min_interval: float = 0.25) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.min_interval = min_interval
+        self._last = 0.0
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def update(self, done: int, total: int, extra: str = "", force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.min_interval and done < total:
+            return
+        self._last = now
+        frac = done / total if total else 1.0
+        bar = "#" * int(frac * 24)
+        line = f"{self.label} [{bar:<24}] {done}/{total} {extra}"
+        if self._tty:
+            self.stream.write("\r" + line[:120].ljust(120))
+        elif force or done >= total or now - getattr(self, "_last_nl", 0.0) > 5.0:
+            self._last_nl = now
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _drain(gen: Generator, on_event) -> Any:
+    try:
+        while True:
+            on_event(next(gen))
+    except StopIteration as stop:
+        return stop.value
+
+
+def _read(path: str) -> np.ndarray:
+    from .io import read_tif
+
+    return read_tif(path)
+
+
+# ---------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import ModelConfig
+    from .io import save_model
+    from .training import TrainConfig, train
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise CliError(f"{out} already exists; pass --overwrite to replace it")
+    image, labels = _read(args.image), _read(args.labels)
+    sl = parse_slices(args.slices)
+    if sl is not None:
+        if image.ndim < 3 or labels.ndim < 3:
+            raise CliError("--slices needs a stack (Z, Y, X) image and labels")
+        image, labels = image[sl], labels[sl]
+    resume = None
+    if args.resume:
+        from .io import load_model
+
+        resume = load_model(args.resume)
+        model_cfg = resume.config
+    else:
+        model_cfg = ModelConfig(
+            arch=args.arch, depth=args.depth, width=args.width, classes=args.classes or 2,
+            in_channels=1 if args.channel_axis is None else image.shape[args.channel_axis],
+        )
+    train_cfg = TrainConfig(
+        iterations=args.iterations, batch_size=args.batch_size, patch_size=args.patch_size,
+        lr=args.lr, loss=args.loss, device=args.device, seed=args.seed,
+        **({"optimizer": args.optimizer} if args.optimizer else {}),
+    )
+    bar = Progress("train")
+    gen = train(image, labels, model_cfg, train_cfg, labels_mode=args.labels_mode,
+                channel_axis=args.channel_axis, resume=resume)
+
+    def show(ev) -> None:
+        extra = f"loss {ev.loss:.4f}"
+        if ev.val_dice is not None:
+            extra += f" val-dice {ev.val_dice:.4f}"
+        if ev.eta_s is not None:
+            extra += f" eta {ev.eta_s:.0f}s"
+        bar.update(ev.step, train_cfg.iterations, extra)
+
+    try:
+        result = _drain(gen, show)
+    except KeyboardInterrupt:
+        bar.close()
+        gen.close()
+        print("interrupted: no model written", file=sys.stderr)
+        return 130
+    bar.close()
+    save_model(out, result.model, normalization=result.normalization,
+               class_values=result.class_values, metadata=result.metadata,
+               overwrite=args.overwrite)
+    print(json.dumps({"model": str(out), **_summary(result.metadata)}))
+    return 0
+
+
+def _summary(meta: dict[str, Any]) -> dict[str, Any]:
+    keys = ("steps", "seconds", "best_step", "best_val_dice", "device")
+    return {k: meta[k] for k in keys if k in meta}
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def run_prediction(saved, image: np.ndarray, cfg, show=None):
+    """Segment ``image`` with a loaded model; returns the inference result."""
+    from .inference import segment
+
+    gen = segment(saved.model, image, normalization=saved.normalization, config=cfg)
+    return _drain(gen, show or (lambda ev: None))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference import InferenceConfig
+    from .io import load_model, write_tif
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise CliError(f"{out} already exists; pass --overwrite to replace it")
+    saved = load_model(args.model)
+    image = _read(args.image)
+    sl = parse_slices(args.slices)
+    if sl is not None:
+        if image.ndim < 3:
+            raise CliError("--slices needs a stack (Z, Y, X) image")
+        image = image[sl]
+    level = args.level
+    if level is not None and level != "accurate":
+        try:
+            level = int(level)
+        except ValueError:
+            raise CliError(f"--level must be 'accurate' or 1..depth, got {level!r}") from None
+    if saved.config.arch != "unetpp":
+        level = None
+    elif level is None:
+        level = "accurate"
+    cfg = InferenceConfig(tile=args.tile, overlap=args.overlap, device=args.device,
+                          tta=args.tta, level=level)
+    bar = Progress("predict")
+    res = run_prediction(saved, image, cfg,
+                         lambda ev: bar.update(ev.done, ev.total, f"slice {ev.slice_index}"))
+    bar.close()
+    if args.output_kind == "labels":
+        lut = np.asarray(saved.class_values)
+        dtype = np.uint8 if lut.min() >= 0 and lut.max() < 256 else np.int32
+        data = lut[np.asarray(res.labels)].astype(dtype)
+    else:
+        data = np.asarray(res.probabilities, dtype=np.float32)
+        if args.class_index is not None:
+            k = args.class_index
+            if not 0 <= k < saved.config.classes:
+                raise CliError(f"--class must be in 0..{saved.config.classes - 1}, got {k}")
+            data = data[..., k, :, :]
+    write_tif(out, data, overwrite=args.overwrite)
+    print(json.dumps({"output": str(out), "shape": list(data.shape), "dtype": str(data.dtype),
+                      "seconds": round(float(res.seconds), 3)}))
+    return 0
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+def evaluate_arrays(pred: np.ndarray, gt: np.ndarray, boundary_value: int = 0) -> dict:
+    """Scores of a prediction against ground truth (both (Z,)Y,X).
+
+    ``pred`` is either labels in the ground truth's values, or a float map of the boundary
+    (membrane) probability in [0, 1]; ``boundary_value`` is the ground-truth value of boundary
+    pixels (ISBI 2012: 0 = membrane).
+    """
+    from . import metrics
+
+    if pred.shape != gt.shape:
+        raise CliError(f"prediction shape {pred.shape} differs from ground truth {gt.shape}")
+    gt_boundary = gt == boundary_value
+    if np.issubdtype(pred.dtype, np.floating):
+        scores = metrics.isbi_scores(pred, gt_boundary)
+        thr = float(scores.get("v_rand_threshold", 0.5))
+        pred_boundary = pred >= thr
+    else:
+        pred_boundary = pred == boundary_value
+        scores = metrics.isbi_scores(pred_boundary.astype(np.float32), gt_boundary,
+                                     thresholds=[0.5])
+    pred_cls, gt_cls = (~pred_boundary).astype(np.uint8), (~gt_boundary).astype(np.uint8)
+    out = {"pixel_error": float(metrics.pixel_error(pred_cls, gt_cls))}
+    out["dice"] = {str(k): float(v) for k, v in metrics.dice(pred_cls, gt_cls).items()}
+    out["iou"] = {str(k): float(v) for k, v in metrics.iou(pred_cls, gt_cls).items()}
+    out.update({k: (float(v) if isinstance(v, (float, np.floating)) else v)
+                for k, v in scores.items() if np.isscalar(v)})
+    return out
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    pred, gt = _read(args.prediction), _read(args.ground_truth)
+    sl = parse_slices(args.slices)
+    if sl is not None:
+        gt = gt[sl]
+        if pred.shape[0] != gt.shape[0]:
+            pred = pred[sl]
+    print(json.dumps(evaluate_arrays(pred, gt, args.boundary_value), indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import ModelConfig
+    from ._sample_data import load_sample
+    from .inference import InferenceConfig
+    from .io import SavedModel
+    from .training import TrainConfig, train
+
+    image, labels = load_sample()
+    n_train = image.shape[0] - 2
+    print(f"sample: ISBI 2012 EM, {image.shape[0]} slices of {image.shape[1]}x{image.shape[2]}; "
+          f"training on {n_train}, scoring on the last 2", file=sys.stderr)
+    model_cfg = ModelConfig(arch=args.arch, depth=args.depth, width=args.width)
+    train_cfg = TrainConfig(iterations=args.iterations, batch_size=4, patch_size=128,
+                            device=args.device, seed=0, loss="ce")
+    bar = Progress("train")
+    result = _drain(
+        train(image[:n_train], labels[:n_train], model_cfg, train_cfg, labels_mode="dense"),
+        lambda ev: bar.update(ev.step, train_cfg.iterations, f"loss {ev.loss:.4f}"),
+    )
+    bar.close()
+    saved = SavedModel(result.model, result.model_config, result.normalization,
+                       list(result.class_values))
+    bar = Progress("segment")
+    res = run_prediction(saved, image[n_train:], InferenceConfig(device=args.device),
+                         lambda ev: bar.update(ev.done, ev.total))
+    bar.close()
+    probs = np.asarray(res.probabilities, dtype=np.float32)
+    boundary_class = saved.class_values.index(0) if 0 in saved.class_values else 0
+    scores = evaluate_arrays(probs[:, boundary_class], labels[n_train:], boundary_value=0)
+    scores["train_seconds"] = round(float(result.metadata.get("seconds", 0.0)), 1)
+    scores["segment_seconds"] = round(float(res.seconds), 2)
+    print(json.dumps(scores, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="napari-unetseg",
+        description="Train and apply U-Net / UNet++ / residual U-Net segmentation models.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on an image and a label image (TIFF)")
+    t.add_argument("image")
+    t.add_argument("labels")
+    t.add_argument("-o", "--output", required=True, help="model file to write (.unetseg)")
+    t.add_argument("--arch", default="unet", choices=["unet", "unetpp", "resunet"])
+    t.add_argument("--labels-mode", default="dense", choices=["sparse", "dense", "instances"])
+    t.add_argument("--slices", help="slices of the stack to train on, e.g. 0:25")
+    t.add_argument("--iterations", type=int, default=500)
+    t.add_argument("--depth", type=int, default=4)
+    t.add_argument("--width", type=int, default=32)
+    t.add_argument("--classes", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--patch-size", type=int, default=256)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--loss", default="ce", choices=["ce", "wce", "dice", "bce_dice"])
+    t.add_argument("--optimizer", choices=["adam", "sgd"])
+    t.add_argument("--device", default="auto")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--channel-axis", type=int, default=None)
+    t.add_argument("--resume", help="model file to continue training from")
+    t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("predict", help="segment an image or stack (TIFF) with a model file")
+    r.add_argument("model")
+    r.add_argument("image")
+    r.add_argument("-o", dest="output", required=True, metavar="OUT.tif",
+                   help="TIFF file to write")
+    r.add_argument("--level", default=None, help="UNet++: accurate or 1..depth")
+    r.add_argument("--tile", type=int, default=256)
+    r.add_argument("--overlap", type=float, default=0.125)
+    r.add_argument("--slices")
+    r.add_argument("--output", dest="output_kind", choices=["probabilities", "labels"],
+                   default="labels",
+                   help="labels: argmax in the training label values; probabilities: float32 "
+                        "(Z, C, Y, X), or (Z, Y, X) with --class K")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    r.add_argument("--class", dest="class_index", type=int, default=None)
+    r.add_argument("--overwrite", action="store_true")
+    r.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="score a prediction against ground truth (JSON)")
+    e.add_argument("prediction")
+    e.add_argument("ground_truth")
+    e.add_argument("--slices")
+    e.add_argument("--boundary-value", type=int, default=0,
+                   help="ground-truth value of boundary/membrane pixels (ISBI: 0)")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="train briefly on the bundled EM sample and score it")
+    d.add_argument("--iterations", type=int, default=150)
+    d.add_argument("--arch", default="unet", choices=["unet", "unetpp", "resunet"])
+    d.add_argument("--depth", type=int, default=3)
+    d.add_argument("--width", type=int, default=8)
+    d.add_argument("--device", default="auto")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ValueError, TypeError, OSError) as e:
+        print(f"napari-unetseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"napari-unetseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

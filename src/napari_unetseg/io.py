@@ -1,0 +1,333 @@
+"""Model files and TIFF input/output.
+
+A model file is a ZIP archive holding only data, never code:
+
+- ``model.json``: format name and version, the :class:`~napari_unetseg.config.ModelConfig`, the
+  intensity :class:`~napari_unetseg.normalize.Normalization`, the class values and names, and
+  training metadata;
+- ``tensors/<name>.npy``: one NumPy array per entry of the network's ``state_dict``.
+
+Loading reads the JSON, builds the network from its config, checks every tensor's declared size
+against the network before reading it, and parses arrays with ``allow_pickle=False``: nothing in
+the file can run code. Writes go to a temporary file in the target folder and are moved into place
+atomically; an existing file is never replaced unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .config import ModelConfig
+from .normalize import Normalization
+
+FORMAT_NAME = "napari-unetseg-model"
+FORMAT_VERSION = 1
+MODEL_SUFFIX = ".unetseg"
+_MAX_JSON_BYTES = 1 << 20
+
+
+class ModelFileError(ValueError):
+    """A file is not a readable napari-unetseg model (corrupt, foreign, or too new)."""
+
+
+@dataclass
+class SavedModel:
+    """A network with everything needed to apply it to new images."""
+
+    model: Any  # torch.nn.Module (SegmentationNet)
+    config: ModelConfig
+    normalization: Normalization
+    class_values: list[int] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, overwrite: bool = False) -> Iterator[IO[bytes]]:
+    """Open a temporary file beside ``path``; on success move it to ``path`` atomically.
+
+    On any exception (including a cancel that raises into the ``with`` body) the temporary file is
+    removed and an existing ``path`` is left byte-identical.
+    """
+    path = Path(path)
+    _check_writable_target(path, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path appeared meanwhile: no silent overwrite
+            except FileExistsError:
+                raise FileExistsError(
+                    f"{path} already exists; pass overwrite=True to replace it"
+                ) from None
+            except OSError:  # file systems without hard links
+                if path.exists():
+                    raise FileExistsError(
+                        f"{path} already exists; pass overwrite=True to replace it"
+                    ) from None
+                os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _check_writable_target(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; expected a file path to write")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"no permission to write in {path.parent}")
+
+
+# ---------------------------------------------------------------------------- model files
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: Any,
+    *,
+    normalization: Normalization,
+    class_values: list[int] | None = None,
+    class_names: list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` (a network from :func:`napari_unetseg.build_model`) to a model file.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False (the file is left untouched).
+    TypeError
+        ``model`` has no ``config`` (it was not built by ``build_model``).
+    """
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise TypeError(
+            f"model must be built by napari_unetseg.build_model (with a .config), "
+            f"got {type(model).__name__}"
+        )
+    if not isinstance(normalization, Normalization):
+        raise TypeError(f"normalization must be a Normalization, got {type(normalization)}")
+    k = config.classes
+    values = list(range(k)) if class_values is None else [int(v) for v in class_values]
+    names = [str(v) for v in values] if class_names is None else [str(n) for n in class_names]
+    if len(values) != k or len(names) != k:
+        raise ValueError(
+            f"need {k} class values and names for a {k}-class model, "
+            f"got {len(values)} values and {len(names)} names"
+        )
+    state = {name: t.detach().cpu() for name, t in model.state_dict().items()}
+    header = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "normalization": normalization.to_dict(),
+        "class_values": values,
+        "class_names": names,
+        "metadata": _jsonable(metadata or {}),
+        "tensors": {
+            name: {"shape": list(t.shape), "dtype": str(t.dtype)} for name, t in state.items()
+        },
+    }
+    with atomic_write(path, overwrite=overwrite) as fh, zipfile.ZipFile(
+        fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1
+    ) as zf:
+        zf.writestr("model.json", json.dumps(header, indent=1, sort_keys=True))
+        for name, tensor in state.items():
+            buf = _io.BytesIO()
+            np.lib.format.write_array(buf, _to_numpy(tensor), allow_pickle=False)
+            zf.writestr(f"tensors/{name}.npy", buf.getvalue())
+    return Path(path)
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> SavedModel:
+    """Read a model file written by :func:`save_model` without executing any code from it.
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError
+        No such file, or the path is a folder.
+    ModelFileError (a ValueError)
+        The file is corrupt, truncated, not a model file, or written by a newer format version.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; expected a {MODEL_SUFFIX} model file")
+    if not path.exists():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        with zipfile.ZipFile(path, "r") as zf:
+            header = _read_header(zf, path)
+            config, normalization = _parse_header(header, path)
+            model = _build_and_fill(zf, config, header, path)
+    except ModelFileError:
+        raise
+    except OSError as e:
+        if e.errno:  # a real I/O error (permission, disk): report it as such
+            raise
+        raise ModelFileError(f"{path} is not a readable napari-unetseg model file: {e}") from e
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, KeyError) as e:
+        raise ModelFileError(f"{path} is not a readable napari-unetseg model file: {e}") from e
+    except (ValueError, TypeError, RuntimeError, NotImplementedError, OverflowError) as e:
+        raise ModelFileError(f"{path} is a damaged napari-unetseg model file: {e}") from e
+    model.to(device).eval()
+    return SavedModel(
+        model=model,
+        config=config,
+        normalization=normalization,
+        class_values=[int(v) for v in header["class_values"]],
+        class_names=[str(n) for n in header["class_names"]],
+        metadata=dict(header.get("metadata") or {}),
+    )
+
+
+def _read_header(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
+    try:
+        info = zf.getinfo("model.json")
+    except KeyError:
+        raise ModelFileError(
+            f"{path} is not a napari-unetseg model file (no model.json inside)"
+        ) from None
+    if info.file_size > _MAX_JSON_BYTES:
+        raise ModelFileError(f"{path}: model.json is implausibly large ({info.file_size} bytes)")
+    try:
+        header = json.loads(zf.read(info).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: model.json is not valid JSON ({e})") from e
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{path} is not a napari-unetseg model file (wrong format name)")
+    version = header.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ModelFileError(f"{path}: format version is missing or not an integer")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} was written with model format version {version}; this napari-unetseg "
+            f"reads versions up to {FORMAT_VERSION}: please upgrade napari-unetseg"
+        )
+    if version < 1:
+        raise ModelFileError(f"{path}: unknown model format version {version}")
+    return header
+
+
+def _parse_header(header: dict[str, Any], path: Path) -> tuple[ModelConfig, Normalization]:
+    config = ModelConfig.from_dict(header.get("config"))
+    normalization = Normalization.from_dict(header.get("normalization") or {})
+    values, names = header.get("class_values"), header.get("class_names")
+    if not isinstance(values, list) or not isinstance(names, list):
+        raise ModelFileError(f"{path}: class_values/class_names missing")
+    if len(values) != config.classes or len(names) != config.classes:
+        raise ModelFileError(f"{path}: {len(values)} class values for {config.classes} classes")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ModelFileError(f"{path}: class values must be integers")
+    if not isinstance(header.get("metadata", {}), dict):
+        raise ModelFileError(f"{path}: metadata must be a JSON object")
+    return config, normalization
+
+
+def _build_and_fill(zf: zipfile.ZipFile, config: ModelConfig, header: dict, path: Path) -> Any:
+    import torch
+
+    from .models import build_model
+
+    model = build_model(config)
+    expected = model.state_dict()
+    declared = header.get("tensors")
+    if not isinstance(declared, dict) or set(declared) != set(expected):
+        raise ModelFileError(f"{path}: its tensors do not match the network its config describes")
+    loaded = {}
+    for name, ref in expected.items():
+        try:
+            info = zf.getinfo(f"tensors/{name}.npy")
+        except KeyError:
+            raise ModelFileError(f"{path}: tensor {name!r} is missing") from None
+        limit = ref.numel() * 8 + 4096  # header + at most 8 bytes an element
+        if info.file_size > limit:
+            raise ModelFileError(f"{path}: tensor {name!r} is larger than the network needs")
+        arr = np.lib.format.read_array(_io.BytesIO(zf.read(info)), allow_pickle=False)
+        if tuple(arr.shape) != tuple(ref.shape):
+            raise ModelFileError(
+                f"{path}: tensor {name!r} has shape {arr.shape}, the network needs "
+                f"{tuple(ref.shape)}"
+            )
+        if arr.dtype.kind not in "fiub":
+            raise ModelFileError(f"{path}: tensor {name!r} has unsupported dtype {arr.dtype}")
+        loaded[name] = torch.from_numpy(np.ascontiguousarray(arr)).to(ref.dtype)
+        if ref.is_floating_point() and not torch.isfinite(loaded[name]).all():
+            raise ModelFileError(f"{path}: tensor {name!r} holds NaN or infinite values")
+    model.load_state_dict(loaded, strict=True)
+    return model
+
+
+def _to_numpy(tensor: Any) -> np.ndarray:
+    import torch
+
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def _jsonable(obj: Any) -> Any:
+    """Keep only what JSON can hold (metadata is informative, never executable)."""
+    try:
+        return json.loads(json.dumps(obj, default=str))
+    except (TypeError, ValueError):
+        return {}
+
+
+# ---------------------------------------------------------------------------- TIFF
+
+
+def read_tif(path: str | os.PathLike) -> np.ndarray:
+    """Read a TIFF image or stack into memory with tifffile, with clear errors."""
+    import tifffile
+
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; expected a TIFF file")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return tifffile.imread(path)
+    except (tifffile.TiffFileError, ValueError, OSError) as e:
+        if isinstance(e, OSError) and e.errno:
+            raise
+        raise ValueError(f"{path} is not a readable TIFF file: {e}") from e
+
+
+def write_tif(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    *,
+    overwrite: bool = False,
+    compression: str | None = "zlib",
+) -> Path:
+    """Write ``array`` as a (multi-page) TIFF atomically; never replaces a file silently."""
+    import tifffile
+
+    with atomic_write(path, overwrite=overwrite) as fh:
+        tifffile.imwrite(fh, np.asarray(array), compression=compression, photometric="minisblack")
+    return Path(path)
