@@ -1,0 +1,130 @@
+"""ISBI 2012 accuracy benchmark: train on slices 0-24, score slices 25-29.
+
+For each architecture the default recipe is trained for a fixed wall-clock budget (the number of
+iterations is calibrated from a short warm-up so the learning-rate schedule completes), then the
+held-out slices are segmented (overlap-tile, flip TTA) and scored with V_Rand / V_Info (the
+challenge's foreground-restricted scores, best over a threshold sweep), Dice and pixel error.
+UNet++ is scored at every pruned level and in "accurate" mode.
+
+    python benchmarks/isbi.py --minutes 3                     # GPU (auto)
+    python benchmarks/isbi.py --device cpu --small            # a few-minute CPU smoke run
+
+Data: ../shared/data/isbi2012 (or --data); the ISBI 2012 challenge data of Arganda-Carreras et al.
+2015, images from Cardona et al. 2010.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from napari_unetseg import ModelConfig, describe
+from napari_unetseg.cli import evaluate_arrays
+from napari_unetseg.inference import InferenceConfig, predict
+from napari_unetseg.training import TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = [ROOT.parent / "shared/data/isbi2012", ROOT / ".gpudata"]
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def load(data: Path | None):
+    for d in [data] if data else DEFAULT_DATA:
+        if d and (d / "train-volume.tif").exists():
+            return tifffile.imread(d / "train-volume.tif"), tifffile.imread(d / "train-labels.tif")
+    sys.exit("ISBI 2012 data not found; pass --data DIR holding train-volume.tif")
+
+
+def train_budgeted(image, labels, model_cfg, base: dict, seconds: float):
+    """Calibrate s/step with a short run, then train for ~`seconds` with a full schedule."""
+    warm = fit(image, labels, model_cfg, TrainConfig(**{**base, "iterations": 20,
+                                                          "val_every": 10_000}),
+               labels_mode="dense")
+    per_step = warm.metadata["seconds"] / 20
+    iterations = max(50, int(seconds / per_step))
+    t0 = time.perf_counter()
+    result = fit(image, labels, model_cfg, TrainConfig(**{**base, "iterations": iterations}),
+                 labels_mode="dense")
+    return result, iterations, time.perf_counter() - t0
+
+
+def score(result, image, gt, level, args):
+    cfg = InferenceConfig(tile=args.tile, device=args.device, tta=not args.no_tta, level=level)
+    t0 = time.perf_counter()
+    res = predict(result.model, image, normalization=result.normalization, config=cfg)
+    if args.device != "cpu" and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    membrane = list(result.class_values).index(0)
+    probs = np.asarray(res.probabilities, dtype=np.float32)[:, membrane]
+    scores = evaluate_arrays(probs, gt, boundary_value=0)
+    scores["infer_s"] = round(seconds, 2)
+    return scores
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path)
+    p.add_argument("--archs", default="unet,unetpp,resunet")
+    p.add_argument("--minutes", type=float, default=3.0, help="training budget per architecture")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--patch", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--loss", default="ce")
+    p.add_argument("--no-tta", action="store_true")
+    p.add_argument("--small", action="store_true", help="tiny CPU smoke settings")
+    p.add_argument("--json", type=Path, help="also write the JSON here")
+    args = p.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.small:
+        args.width, args.depth, args.patch, args.batch = 8, 3, 128, 4
+        args.minutes = min(args.minutes, 0.5)
+    image, labels = load(args.data)
+    train_img, train_lab = image[:25], labels[:25]
+    test_img, test_gt = image[25:30], labels[25:30]
+    base = dict(batch_size=args.batch, patch_size=args.patch, device=args.device, seed=0,
+                loss=args.loss, val_slices=(23, 24), amp=args.device.startswith("cuda"))
+    rows = []
+    for arch in args.archs.split(","):
+        cfg = ModelConfig(arch=arch, depth=args.depth, width=args.width)
+        info = describe(cfg)
+        result, iters, train_s = train_budgeted(train_img, train_lab, cfg, base,
+                                                args.minutes * 60)
+        levels = ["accurate", *range(1, args.depth + 1)] if arch == "unetpp" else [None]
+        for level in levels:
+            s = score(result, test_img, test_gt, level, args)
+            row = {"arch": arch, "level": level, "params": info["params"],
+                   "iterations": iters, "train_s": round(train_s, 1),
+                   "best_val_dice": result.metadata.get("best_val_dice"), **s}
+            rows.append(row)
+            print(f"{arch:8s} {str(level or ''):9s} V_Rand {s.get('v_rand', float('nan')):.4f} "
+                  f"V_Info {s.get('v_info', float('nan')):.4f} pixel-err "
+                  f"{s['pixel_error']:.4f} train {train_s:.0f}s ({iters} it) "
+                  f"infer {s['infer_s']}s", flush=True)
+    out = {"benchmark": "isbi2012 train 0-24 / score 25-29", "machine": machine(args.device),
+           "device": args.device, "settings": {k: str(v) for k, v in vars(args).items()},
+           "rows": rows}
+    print(json.dumps(out, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
