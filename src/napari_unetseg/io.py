@@ -67,7 +67,8 @@ def atomic_write(path: str | os.PathLike, overwrite: bool = False) -> Iterator[I
     _check_writable_target(path, overwrite)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        os.close(fd)
+        with open(tmp, "wb") as fh:  # a named handle (tifffile looks at fh.name)
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
