@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
+from .devices import available_devices, drain, resolve_device
+from .postprocess import instances_from_probs
 from .tiling import BLENDS, TilePlan, iter_tiled, plan_tiles
 
 __all__ = [
@@ -137,36 +139,6 @@ class SegmentResult:
     probabilities: Any
     labels: Any
     seconds: float
-
-
-def drain(gen: Generator[Any, Any, Any]) -> Any:
-    """Run a generator to the end and return its return value (discarding the events)."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
-def available_devices() -> list[str]:
-    """Devices usable here, e.g. ``["cpu", "cuda", "cuda:0"]``."""
-    devs = ["cpu"]
-    if torch.cuda.is_available():
-        devs += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devs.append("mps")
-    return devs
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """Map a device spec to a ``torch.device``; "auto" prefers cuda, then mps, then cpu."""
-    avail = available_devices()
-    if spec == "auto":
-        return torch.device("cuda" if "cuda" in avail else "mps" if "mps" in avail else "cpu")
-    if spec not in avail:
-        raise ValueError(f"device {spec!r} is not available here; available: {', '.join(avail)}")
-    return torch.device(spec)
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -495,44 +467,3 @@ def segment(
 def predict(model: torch.nn.Module, image: Any, **kwargs: Any) -> SegmentResult:
     """:func:`segment` run to the end (same arguments); returns the :class:`SegmentResult`."""
     return drain(segment(model, image, **kwargs))
-
-
-def instances_from_probs(
-    prob_fg: np.ndarray,
-    threshold: float = 0.5,
-    *,
-    min_size: int = 0,
-    split_touching: bool = False,
-    min_distance: int = 3,
-) -> np.ndarray:
-    """Instance labels from a foreground probability map.
-
-    Connected components (4-connectivity in 2D, face-connectivity in 3D) of
-    ``prob_fg >= threshold``; with ``split_touching`` a watershed on the negated distance
-    transform, seeded at its local maxima at least ``min_distance`` apart, splits touching
-    objects. Objects smaller than ``min_size`` pixels are removed and the rest renumbered
-    ``1..n``. Returns int32 labels.
-    """
-    from scipy import ndimage as ndi
-    from skimage import feature, measure, segmentation
-
-    prob = np.asarray(prob_fg)
-    if prob.ndim not in (2, 3):
-        raise ValueError(f"prob_fg must be 2D or 3D, got shape {prob.shape}")
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    mask = prob >= threshold
-    if split_touching:
-        dist = ndi.distance_transform_edt(mask)
-        peaks = feature.peak_local_max(dist, min_distance=min_distance, labels=mask)
-        markers = np.zeros(mask.shape, np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        labels = segmentation.watershed(-dist, markers, mask=mask)
-    else:
-        labels = measure.label(mask, connectivity=1)
-    if min_size > 0:
-        small = np.bincount(labels.ravel()) < min_size
-        small[0] = False
-        labels[small[labels]] = 0
-        labels = segmentation.relabel_sequential(labels)[0]
-    return labels.astype(np.int32, copy=False)
