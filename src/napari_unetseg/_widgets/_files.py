@@ -1,0 +1,84 @@
+"""Save model… / Load model…: file dialogs, an explicit overwrite question, io calls.
+
+The dialogs are module functions so that tests can replace them. A model file is written with
+:func:`napari_unetseg.io.save_model`, with ``overwrite=True`` only after the user said yes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
+
+from ..io import MODEL_SUFFIX, SavedModel, load_model, save_model
+from . import _common
+
+__all__ = ["ask_open_path", "ask_save_path", "confirm_overwrite", "load_with_dialog",
+           "save_with_dialog"]
+
+_FILTER = f"napari-unetseg model (*{MODEL_SUFFIX});;All files (*)"
+
+
+def ask_save_path(parent: QWidget | None) -> str:
+    """Ask where to save; '' when cancelled. Overwriting is asked separately."""
+    path, _ = QFileDialog.getSaveFileName(
+        parent, "Save model", f"model{MODEL_SUFFIX}", _FILTER,
+        options=QFileDialog.Option.DontConfirmOverwrite,
+    )
+    return path
+
+
+def ask_open_path(parent: QWidget | None) -> str:
+    """Ask which model file to open; '' when cancelled."""
+    path, _ = QFileDialog.getOpenFileName(parent, "Load model", "", _FILTER)
+    return path
+
+
+def confirm_overwrite(parent: QWidget | None, path: Path) -> bool:
+    """Ask whether to replace the existing file ``path``."""
+    answer = QMessageBox.question(
+        parent, "Replace model file?", f"{path} already exists. Replace it?",
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
+def save_with_dialog(parent: QWidget | None, saved: SavedModel | None) -> Path | None:
+    """Ask for a path and write ``saved`` there; returns the path written, or None."""
+    if saved is None:
+        _common.error("Save model: there is no model yet; train one first.")
+        return None
+    text = ask_save_path(parent)
+    if not text:
+        return None
+    path = Path(text)
+    if not path.suffix:
+        path = path.with_suffix(MODEL_SUFFIX)
+    overwrite = path.exists()
+    if overwrite and not confirm_overwrite(parent, path):
+        return None
+    try:
+        return save_model(
+            path, saved.model, normalization=saved.normalization,
+            class_values=saved.class_values, class_names=saved.class_names or None,
+            metadata=saved.metadata, overwrite=overwrite,
+        )
+    except (OSError, ValueError, TypeError) as e:
+        _common.error(f"Save model: could not write {path}: {e}")
+        return None
+
+
+def load_with_dialog(parent: QWidget | None, store: Any) -> SavedModel | None:
+    """Ask for a model file, load it and make it the viewer's model; returns it or None."""
+    text = ask_open_path(parent)
+    if not text:
+        return None
+    try:
+        saved = load_model(text)
+    except (OSError, ValueError) as e:
+        _common.error(f"Load model: {e}")
+        return None
+    store.set_model(saved, f"file {Path(text).name}")
+    return saved

@@ -1,0 +1,148 @@
+"""The Train widget's settings: architecture, presets and the advanced section.
+
+The form only turns fields into a :class:`~napari_unetseg.config.ModelConfig` and a
+:class:`~napari_unetseg.training.TrainConfig`; the configs validate themselves.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from ..augment import AugmentConfig
+from ..config import ModelConfig
+from ..training import TrainConfig
+from ._common import available_devices
+
+__all__ = ["ARCHS", "LABELS_MODES", "PRESETS", "TrainForm"]
+
+#: Shown name -> ``ModelConfig.arch``.
+ARCHS = {"U-Net": "unet", "UNet++": "unetpp", "ResUNet": "resunet"}
+#: Shown name -> ``labels_mode`` of :func:`napari_unetseg.training.train`.
+LABELS_MODES = {
+    "sparse scribbles (0 = unlabeled)": "sparse",
+    "dense (every value is a class)": "dense",
+    "instances (U-Net weight map)": "instances",
+}
+#: Preset -> field values it sets. "paper": Ronneberger et al. (2015) width 64, depth 4.
+PRESETS = {
+    "fast, CPU friendly": {"depth": 3, "width": 16, "iterations": 300, "patch": 128, "batch": 4},
+    "paper": {"depth": 4, "width": 64, "iterations": 2000, "patch": 256, "batch": 4},
+}
+CUSTOM = "custom"
+LOSSES = ("wce", "ce", "dice", "bce_dice")
+
+
+def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
+    s = QSpinBox()
+    s.setRange(lo, hi)
+    s.setSingleStep(step)
+    s.setValue(value)
+    return s
+
+
+class TrainForm(QWidget):
+    """Fields of the Train widget; read them with :meth:`model_config` / :meth:`train_config`."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.labels_mode = QComboBox()
+        self.labels_mode.addItems(list(LABELS_MODES))
+        self.arch = QComboBox()
+        self.arch.addItems(list(ARCHS))
+        self.preset = QComboBox()
+        self.preset.addItems([*PRESETS, CUSTOM])
+        self.depth, self.width = _spin(1, 8, 3), _spin(1, 512, 16)
+        self.loss = QComboBox()
+        self.loss.addItems(list(LOSSES))
+        self.loss.setToolTip("wce: U-Net weighted cross entropy (weights in instances mode)")
+        self.augment = QCheckBox("augmentation (flips, rotations, elastic)")
+        self.augment.setChecked(True)
+        self.iterations, self.batch = _spin(1, 1_000_000, 300, 50), _spin(1, 256, 4)
+        self.patch = _spin(16, 2048, 128, 16)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(6)
+        self.lr.setRange(1e-6, 1.0)
+        self.lr.setSingleStep(1e-4)
+        self.lr.setValue(1e-3)
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        self.preview_every = _spin(0, 100_000, 50, 10)
+        self.preview_every.setToolTip("refresh the live preview every N steps (0 = off)")
+        self._layout()
+        self.preset.currentTextChanged.connect(self.apply_preset)
+        for spin in (self.depth, self.width, self.iterations, self.patch, self.batch):
+            spin.valueChanged.connect(self._edited)
+        self.apply_preset(self.preset.currentText())
+
+    def _layout(self) -> None:
+        top = QFormLayout()
+        top.addRow("labels are", self.labels_mode)
+        top.addRow("architecture", self.arch)
+        top.addRow("preset", self.preset)
+        adv = QFormLayout()
+        for label, field in (
+            ("depth", self.depth), ("width", self.width), ("loss", self.loss),
+            ("", self.augment), ("iterations", self.iterations),
+            ("learning rate", self.lr), ("batch", self.batch), ("patch size", self.patch),
+            ("device", self.device), ("preview every", self.preview_every),
+        ):
+            adv.addRow(label, field)
+        inner = QWidget()
+        inner.setLayout(adv)
+        self.advanced = QCollapsible("Advanced")
+        self.advanced.addWidget(inner)
+        box = QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addLayout(top)
+        box.addWidget(self.advanced)
+
+    def apply_preset(self, name: str) -> None:
+        """Set depth, width, iterations, patch and batch from the preset ``name``."""
+        values = PRESETS.get(name)
+        if values is None:
+            return
+        fields = {"depth": self.depth, "width": self.width, "iterations": self.iterations,
+                  "patch": self.patch, "batch": self.batch}
+        for key, value in values.items():
+            fields[key].blockSignals(True)
+            fields[key].setValue(value)
+            fields[key].blockSignals(False)
+
+    def _edited(self, *args: object) -> None:
+        values = PRESETS.get(self.preset.currentText())
+        current = {"depth": self.depth.value(), "width": self.width.value(),
+                   "iterations": self.iterations.value(), "patch": self.patch.value(),
+                   "batch": self.batch.value()}
+        if values is not None and values != current:
+            self.preset.blockSignals(True)
+            self.preset.setCurrentText(CUSTOM)
+            self.preset.blockSignals(False)
+
+    def mode(self) -> str:
+        """The chosen ``labels_mode``."""
+        return LABELS_MODES[self.labels_mode.currentText()]
+
+    def model_config(self, classes: int, in_channels: int = 1) -> ModelConfig:
+        """The architecture; raises ValueError/TypeError on bad values."""
+        return ModelConfig(
+            arch=ARCHS[self.arch.currentText()], depth=self.depth.value(),
+            width=self.width.value(), classes=classes, in_channels=in_channels,
+        )
+
+    def train_config(self) -> TrainConfig:
+        """The training settings; raises ValueError/TypeError on bad values."""
+        return TrainConfig(
+            iterations=self.iterations.value(), batch_size=self.batch.value(),
+            patch_size=self.patch.value(), lr=float(self.lr.value()),
+            loss=self.loss.currentText(), device=self.device.currentText(),
+            augment=AugmentConfig() if self.augment.isChecked() else AugmentConfig.off(),
+        )

@@ -1,0 +1,115 @@
+"""Run a core generator in a napari thread worker, with a progress bar and Cancel.
+
+The compute core does long work as generators that yield small events and return a result
+(``docs/design.md``). :class:`Job` runs one in a :func:`napari.qt.threading.create_worker`
+worker: every event reaches ``on_event`` in the GUI thread and may advance a
+:class:`napari.utils.progress` bar, the return value reaches ``on_result``, an exception becomes
+one error notification, and :meth:`Job.cancel` asks the worker to stop at the next ``yield``
+(the generator is then closed, so its ``finally`` blocks run and nothing partial is returned).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator
+from typing import Any
+
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils import progress
+
+from . import _common
+
+__all__ = ["Job"]
+
+
+class Job:
+    """One generator run in a worker thread.
+
+    Parameters
+    ----------
+    gen : generator
+        The work, created by the caller (not yet started). It runs in the worker thread.
+    description : str
+        Progress bar label, also used in the error message.
+    total : int
+        Progress bar length (0: indeterminate).
+    on_event : callable, optional
+        ``on_event(event)`` in the GUI thread for every yielded value; if it returns an int,
+        the progress bar is set to that many done.
+    on_result : callable, optional
+        ``on_result(value)`` with the generator's return value (not called after a cancel or
+        an error).
+    on_finished : callable, optional
+        ``on_finished(job)`` once the worker has stopped, whatever the outcome.
+    """
+
+    def __init__(
+        self,
+        gen: Generator[Any, Any, Any],
+        description: str,
+        total: int = 0,
+        on_event: Callable[[Any], int | None] | None = None,
+        on_result: Callable[[Any], None] | None = None,
+        on_finished: Callable[[Job], None] | None = None,
+    ) -> None:
+        self._gen = gen
+        self.description = description
+        self.cancelled = False
+        self.failed: BaseException | None = None
+        self._on_event, self._on_result, self._on_finished = on_event, on_result, on_finished
+        self.bar = progress(total=total, desc=description)
+
+        def run() -> Generator[Any, Any, Any]:
+            return (yield from gen)
+
+        self.worker: GeneratorWorker = create_worker(
+            run, _start_thread=False, _connect={"errored": self._errored}
+        )
+        # napari's worker also relays errors to the notification manager (with a traceback);
+        # one message is enough, and ours says what failed.
+        with contextlib.suppress(AttributeError, TypeError, RuntimeError):
+            self.worker.errored.disconnect(self.worker._relay_error)
+        self.worker.yielded.connect(self._yielded)
+        self.worker.returned.connect(self._returned)
+        self.worker.finished.connect(self._finished)
+
+    def start(self) -> Job:
+        """Start the worker thread; returns self."""
+        self.worker.start()
+        return self
+
+    def cancel(self) -> None:
+        """Ask the worker to stop at the generator's next ``yield``."""
+        self.cancelled = True
+        self.worker.quit()
+
+    @property
+    def running(self) -> bool:
+        return self.bar is not None
+
+    def _yielded(self, event: Any) -> None:
+        if self._on_event is None:
+            return
+        done = self._on_event(event)
+        if done is not None and self.bar is not None:
+            self.bar.n = int(done)
+            self.bar.refresh()
+
+    def _returned(self, value: Any) -> None:
+        if self._on_result is not None and not self.cancelled:
+            try:
+                self._on_result(value)
+            except (ValueError, TypeError, RuntimeError) as e:
+                _common.error(f"{self.description}: could not show the result: {e}")
+
+    def _errored(self, exc: BaseException) -> None:
+        self.failed = exc
+        _common.error(f"{self.description} failed: {exc}")
+
+    def _finished(self) -> None:
+        self._gen.close()  # a cancelled generator runs its finally blocks now
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self._on_finished is not None:
+            self._on_finished(self)

@@ -1,0 +1,237 @@
+"""Segment dock widget: apply the viewer's model to an image layer, slice or stack.
+
+Runs :func:`napari_unetseg.inference.segment` in a worker with a progress bar and Cancel.
+The result goes to two layers named after the image, ``"<image> probabilities"`` (the chosen
+class) and ``"<image> segmentation"`` (labels in the training label values). A re-run updates
+the layers this widget made (found by their metadata marker), never a layer the user made.
+Layers are written only when the run completes, so a cancelled run leaves nothing half-made.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..inference import InferenceConfig, SegmentResult, segment
+from . import _common, _files
+from ._common import LayerPicker, current_index, find_output, put_output
+from ._registry import store_for
+from ._worker import Job
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["SegmentWidget"]
+
+SCOPES = ("current slice", "whole stack")
+
+
+class SegmentWidget(QWidget):
+    """Dock widget running tiled inference of the viewer's model."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.store = store_for(napari_viewer)
+        self.owner = _common.new_owner_id("segment")
+        self.job: Job | None = None
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        self.load_button = QPushButton("Load model…")
+        self.image_picker = LayerPicker(napari_viewer, Image, exclude_marked=True)
+        self.scope = QComboBox()
+        self.scope.addItems(list(SCOPES))
+        self.tile, self.batch = QSpinBox(), QSpinBox()
+        self.tile.setRange(32, 4096)
+        self.tile.setSingleStep(32)
+        self.tile.setValue(256)
+        self.batch.setRange(0, 256)
+        self.batch.setSpecialValueText("auto")
+        self.overlap = QDoubleSpinBox()
+        self.overlap.setRange(0.0, 0.9)
+        self.overlap.setSingleStep(0.05)
+        self.overlap.setValue(0.125)
+        self.device = QComboBox()
+        self.device.addItems(_common.available_devices())
+        self.tta = QCheckBox("flip test-time augmentation")
+        self.level, self.show_class = QComboBox(), QComboBox()
+        self.level.setToolTip("UNet++: mean of all heads (accurate) or a pruned level")
+        self.run_button, self.cancel_button = QPushButton("Segment"), QPushButton("Cancel")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self._layout()
+        self.load_button.clicked.connect(self.load_model)
+        self.run_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.store.model_changed.connect(self._model_changed)
+        self.store.level_chosen.connect(self.set_level)
+        self._model_changed()
+        self._set_running(False)
+
+    def _layout(self) -> None:
+        form = QFormLayout()
+        form.addRow("image", self.image_picker)
+        form.addRow("segment", self.scope)
+        form.addRow("tile size", self.tile)
+        form.addRow("tile overlap", self.overlap)
+        form.addRow("batch", self.batch)
+        form.addRow("device", self.device)
+        form.addRow("", self.tta)
+        form.addRow("UNet++ level", self.level)
+        form.addRow("probability of", self.show_class)
+        run = QHBoxLayout()
+        run.addWidget(self.run_button)
+        run.addWidget(self.cancel_button)
+        box = QVBoxLayout(self)
+        box.addWidget(self.model_label)
+        box.addWidget(self.load_button)
+        box.addLayout(form)
+        box.addLayout(run)
+        box.addWidget(self.status)
+        box.addStretch(1)
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _model_changed(self) -> None:
+        saved = self.store.saved
+        self.model_label.setText(f"model: {self.store.describe()}")
+        self.level.clear()
+        self.show_class.clear()
+        if saved is None:
+            return
+        depth = saved.config.depth if saved.config.arch == "unetpp" else 0
+        self.level.addItems(["accurate"] + [f"L{i}" for i in range(1, depth + 1)])
+        self.level.setEnabled(depth > 0)
+        names = saved.class_names or [str(v) for v in saved.class_values]
+        self.show_class.addItems([f"{v}: {n}" if str(v) != n else n
+                                  for v, n in zip(saved.class_values, names, strict=False)])
+        self.show_class.setCurrentIndex(self.show_class.count() - 1)
+
+    def set_level(self, level: Any) -> None:
+        """Choose the UNet++ output: ``"accurate"`` or a level ``1..depth``."""
+        text = "accurate" if level in (None, "accurate") else f"L{int(level)}"
+        if self.level.findText(text) >= 0:
+            self.level.setCurrentText(text)
+
+    def chosen_level(self) -> int | str | None:
+        """The level to pass to :class:`InferenceConfig` (None for U-Net and ResUNet)."""
+        if not self.level.isEnabled() or not self.level.currentText():
+            return None
+        text = self.level.currentText()
+        return "accurate" if text == "accurate" else int(text[1:])
+
+    def load_model(self) -> Any:
+        """Load model…: read a model file and make it the viewer's model."""
+        return _files.load_with_dialog(self, self.store)
+
+    # ------------------------------------------------------------------ running
+
+    def _config(self) -> InferenceConfig:
+        batch = self.batch.value()
+        return InferenceConfig(
+            tile=self.tile.value(), overlap=float(self.overlap.value()),
+            batch_size="auto" if batch == 0 else batch, device=self.device.currentText(),
+            tta=self.tta.isChecked(), level=self.chosen_level(),
+        )
+
+    def _checked_image(self, saved: Any) -> Any:
+        image = self.image_picker.layer()
+        if image is None:
+            _common.error("Segment: choose an image layer first.")
+        elif image.rgb or image.multiscale or image.ndim not in (2, 3):
+            _common.error(f"Segment: image {image.name!r} must be a single-channel 2D image or "
+                          f"3D stack (Z, Y, X); got shape {tuple(image.data.shape)}"
+                          f"{' (RGB)' if image.rgb else ''}.")
+        elif saved.config.in_channels != 1:
+            _common.error(f"Segment: the model expects {saved.config.in_channels} channels; "
+                          "this widget segments single-channel images.")
+        else:
+            return image
+        return None
+
+    def start(self) -> Job | None:
+        """Check the inputs and start segmenting in a worker; returns the job or None."""
+        if self.job is not None and self.job.running:
+            return None
+        saved = self.store.saved
+        if saved is None:
+            _common.error("Segment: no model yet. Train one or load a model file first.")
+            return None
+        image = self._checked_image(saved)
+        if image is None:
+            return None
+        try:
+            config = self._config()
+        except (ValueError, TypeError) as e:
+            _common.error(f"Segment: {e}")
+            return None
+        z = current_index(self.viewer, image)
+        one = self.scope.currentText() == "current slice" and image.ndim == 3
+        gen = segment(saved.model, image.data, normalization=saved.normalization, config=config,
+                      slices=[z] if one else None)
+        n = 1 if one or image.ndim == 2 else image.data.shape[0]
+        self.job = Job(gen, "Segmentation", total=0, on_event=self._on_event,
+                       on_result=lambda res: self._write(res, image, saved, z if one else None, n),
+                       on_finished=self._on_finished)
+        self._set_running(True)
+        self.status.setText("segmenting…")
+        return self.job.start()
+
+    def cancel(self) -> None:
+        """Stop after the current batch of tiles; no output layer is written or changed."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+
+    def _on_event(self, event: Any) -> int:
+        if self.job is not None and self.job.bar is not None and self.job.bar.total != event.total:
+            self.job.bar.total = event.total
+        self.status.setText(event.message)
+        return event.done
+
+    def _target(self, role: str, image: Any, dtype: Any) -> np.ndarray:
+        layer = find_output(self.viewer, self.owner, role, image.name)
+        shape = tuple(image.data.shape)
+        if layer is not None and layer.data.shape == shape and layer.data.dtype == dtype:
+            return np.array(layer.data)
+        return np.zeros(shape, dtype=dtype)
+
+    def _write(self, res: SegmentResult, image: Any, saved: Any, z: int | None, n: int) -> None:
+        k = max(self.show_class.currentIndex(), 0)
+        probs = np.asarray(res.probabilities)[..., k, :, :].astype(np.float32)
+        labels = _common.class_lut(saved.class_values)[np.asarray(res.labels)]
+        dtype = labels.dtype
+        if z is not None:  # one slice of a stack: keep the other slices of earlier runs
+            p, lab = self._target("probabilities", image, np.float32), self._target(
+                "segmentation", image, dtype)
+            p[z], lab[z] = probs[0], labels[0]
+            probs, labels = p, lab
+        put_output(self.viewer, self.owner, "probabilities", image, probs, "image",
+                   f"{image.name} probabilities", colormap="magma", blending="additive",
+                   contrast_limits=(0.0, 1.0), opacity=0.6)
+        put_output(self.viewer, self.owner, "segmentation", image, labels, "labels",
+                   f"{image.name} segmentation", opacity=0.5)
+        self.status.setText(f"{n} slice(s) in {res.seconds:.2f} s "
+                            f"({res.seconds / max(n, 1):.3f} s per slice)")
+
+    def _on_finished(self, job: Job) -> None:
+        self._set_running(False)
+        if job.cancelled:
+            self.status.setText("cancelled: output layers left as they were")
+        elif job.failed is not None:
+            self.status.setText(f"failed: {job.failed}")

@@ -1,0 +1,292 @@
+"""Train dock widget: pick an image and painted labels, train, watch, save.
+
+Thin: the fields become a ModelConfig and a TrainConfig (:mod:`._train_form`), the
+:func:`napari_unetseg.training.train` generator runs in a worker (:class:`._worker.Job`), its
+events feed a progress bar, a status line and a live plot, and every ``preview every`` steps
+a copy of the model segments the displayed slice into a preview layer. Cancel asks the
+training loop to stop (its ``stop`` callback), so the best model so far is kept. The trained
+model belongs to this widget and is shared with the other widgets of the viewer through
+:func:`._registry.store_for`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from ..inference import InferenceConfig, predict
+from ..io import SavedModel
+from ..training import TrainEvent, TrainResult, train
+from . import _common, _files
+from ._common import LayerPicker, current_index, put_output
+from ._plot import LinePlot
+from ._registry import store_for
+from ._train_form import TrainForm
+from ._worker import Job
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["Preview", "TrainWidget", "train_with_preview"]
+
+
+class Preview(NamedTuple):
+    """The model's labels for slice ``z`` after ``step`` steps (class values)."""
+
+    step: int
+    z: int
+    labels: np.ndarray
+
+
+def _live_state(gen: Generator) -> Any:
+    """The running training loop's setup (model, data), read from its suspended frame.
+
+    :func:`napari_unetseg.training.train` yields only numbers; the preview needs the weights
+    being trained. They are the ``s`` argument of the loop's generator frame. Returns None if
+    that is not available (the preview is then skipped, training is unaffected).
+    """
+    frame = getattr(gen, "gi_frame", None)
+    state = None if frame is None else frame.f_locals.get("s")
+    return state if hasattr(state, "model") and hasattr(state, "data") else None
+
+
+def _preview(gen: Generator, image: np.ndarray, z: int, step: int) -> Preview | None:
+    """Segment slice ``z`` with a copy of the model being trained (in the worker thread)."""
+    state = _live_state(gen)
+    if state is None:
+        return None
+    z = int(np.clip(z, 0, image.shape[0] - 1)) if image.ndim == 3 else 0
+    plane = np.asarray(image[z] if image.ndim == 3 else image)
+    try:
+        result = predict(copy.deepcopy(state.model), plane, normalization=state.data.normalization,
+                         config=InferenceConfig(device=str(state.device), batch_size=4))
+    except (RuntimeError, ValueError):  # e.g. out of GPU memory: skip this preview, keep training
+        return None
+    return Preview(step, z, _common.class_lut(state.data.class_values)[np.asarray(result.labels)])
+
+
+def train_with_preview(
+    image: np.ndarray, labels: np.ndarray, model_config: Any, train_config: Any, mode: str,
+    stop: Callable[[], bool], every: int, where: Callable[[], int],
+) -> Generator[TrainEvent | Preview, None, TrainResult]:
+    """:func:`~napari_unetseg.training.train`, plus a :class:`Preview` of slice ``where()``
+    after every ``every`` steps (0: never). Runs in the worker thread."""
+    gen = train(image, labels, model_config, train_config, labels_mode=mode, stop=stop)
+    done = 0
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as finished:
+                return finished.value
+            yield event
+            if every and event.step // every > done:
+                done = event.step // every
+                preview = _preview(gen, image, where(), event.step)
+                if preview is not None:
+                    yield preview
+    finally:
+        gen.close()
+
+
+class TrainWidget(QWidget):
+    """Dock widget that trains a U-Net / UNet++ / ResUNet on the viewer's layers."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.store = store_for(napari_viewer)
+        self.owner = _common.new_owner_id("train")
+        self.saved: SavedModel | None = None
+        self.result: TrainResult | None = None
+        self.job: Job | None = None
+        self._stop = False
+        self._preview_z = 0
+        self._source: Any = None
+        self.image_picker = LayerPicker(napari_viewer, Image, exclude_marked=True)
+        self.labels_picker = LayerPicker(napari_viewer, Labels)
+        self.form = TrainForm()
+        self.train_button, self.cancel_button = QPushButton("Train"), QPushButton("Cancel")
+        self.save_button, self.load_button = QPushButton("Save model…"), QPushButton("Load model…")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.loss_plot = LinePlot("loss", ("train", "val"))
+        self.dice_plot = LinePlot("validation Dice", ("val",), y_range=(0.0, 1.0))
+        self._layout()
+        self.train_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.save_button.clicked.connect(self.save_model)
+        self.load_button.clicked.connect(self.load_model)
+        self.viewer.dims.events.current_step.connect(self._track_slice)
+        self._set_running(False)
+
+    def _layout(self) -> None:
+        pick = QFormLayout()
+        pick.addRow("image", self.image_picker)
+        pick.addRow("labels", self.labels_picker)
+        run, files = QHBoxLayout(), QHBoxLayout()
+        run.addWidget(self.train_button)
+        run.addWidget(self.cancel_button)
+        files.addWidget(self.save_button)
+        files.addWidget(self.load_button)
+        box = QVBoxLayout(self)
+        box.addLayout(pick)
+        box.addWidget(self.form)
+        box.addLayout(run)
+        box.addWidget(self.status)
+        box.addWidget(self.loss_plot)
+        box.addWidget(self.dice_plot)
+        box.addLayout(files)
+        box.addStretch(1)
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.load_button.setEnabled(not running)
+
+    def _track_slice(self, event: Any = None) -> None:
+        layer = self._source
+        if layer is not None:
+            self._preview_z = current_index(self.viewer, layer)
+
+    # ------------------------------------------------------------------ checks
+
+    def _inputs(self) -> tuple[Any, Any, int] | None:
+        """The image and labels layers and the number of classes, or None (after a message)."""
+        image, labels = self.image_picker.layer(), self.labels_picker.layer()
+        if image is None or labels is None:
+            _common.error("Train: choose an image layer and a labels layer first.")
+            return None
+        if image.rgb or image.multiscale or image.ndim not in (2, 3):
+            _common.error(
+                f"Train: image {image.name!r} must be a single-channel 2D image or 3D stack "
+                f"(Z, Y, X); got {'an RGB image' if image.rgb else f'shape {image.data.shape}'}."
+            )
+            return None
+        if tuple(labels.data.shape) != tuple(image.data.shape):
+            _common.error(
+                f"Train: labels {labels.name!r} have shape {tuple(labels.data.shape)} but the "
+                f"image has shape {tuple(image.data.shape)}; they must match."
+            )
+            return None
+        lab = np.asarray(labels.data)
+        mode = self.form.mode()
+        if mode != "dense" and not lab.any():
+            _common.error(f"Train: labels {labels.name!r} have no painted pixel; paint at least "
+                          "two classes (values 1, 2, ...).")
+            return None
+        classes = len(np.unique(lab)) if mode == "dense" else 2 if mode == "instances" else int(
+            lab.max())
+        if classes < 2:
+            _common.error(f"Train: labels {labels.name!r} hold a single class; paint at least "
+                          "two (e.g. 1 = background, 2 = object).")
+            return None
+        return image, labels, classes
+
+    # ------------------------------------------------------------------ running
+
+    def start(self) -> Job | None:
+        """Check the inputs and start training in a worker; returns the job or None."""
+        if self.job is not None and self.job.running:
+            return None
+        checked = self._inputs()
+        if checked is None:
+            return None
+        image, labels, classes = checked
+        try:
+            model_cfg = self.form.model_config(classes)
+            train_cfg = self.form.train_config()
+        except (ValueError, TypeError) as e:
+            _common.error(f"Train: {e}")
+            return None
+        self._stop = False
+        self._source = image
+        self._track_slice()
+        self.loss_plot.clear()
+        self.dice_plot.clear()
+        gen = train_with_preview(
+            np.asarray(image.data), np.asarray(labels.data), model_cfg, train_cfg,
+            self.form.mode(), lambda: self._stop, self.form.preview_every.value(),
+            lambda: self._preview_z,
+        )
+        self.job = Job(gen, "Training", total=train_cfg.iterations, on_event=self._on_event,
+                       on_result=self._on_result, on_finished=self._on_finished)
+        self._set_running(True)
+        self.status.setText("preparing the data…")
+        return self.job.start()
+
+    def cancel(self) -> None:
+        """Stop training after the current step; the best model so far is kept."""
+        if self.job is not None and self.job.running:
+            self._stop = True
+            self.status.setText("stopping…")
+
+    def _on_event(self, event: Any) -> int | None:
+        if isinstance(event, Preview):
+            self._show_preview(event)
+            return None
+        self.loss_plot.add("train", event.step, event.loss)
+        self.loss_plot.add("val", event.step, event.val_loss)
+        self.dice_plot.add("val", event.step, event.val_dice)
+        text = f"step {event.step}  loss {event.loss:.4f}"
+        if self.dice_plot.data["val"]:
+            text += f"  val Dice {self.dice_plot.data['val'][-1][1]:.3f}"
+        self.status.setText(f"{text}  ETA {event.eta_s:.0f} s")
+        return event.step
+
+    def _show_preview(self, preview: Preview) -> None:
+        image = self._source
+        if image is None or image.name not in self.viewer.layers:
+            return
+        shape = tuple(image.data.shape)
+        layer = _common.find_output(self.viewer, self.owner, "preview", image.name)
+        data = np.asarray(layer.data) if layer is not None and layer.data.shape == shape else (
+            np.zeros(shape, dtype=preview.labels.dtype))
+        if data.ndim == 3:
+            data[:] = 0
+            data[preview.z] = preview.labels
+        else:
+            data = preview.labels
+        put_output(self.viewer, self.owner, "preview", image, data, "labels",
+                   f"{image.name} preview", opacity=0.5)
+
+    def _on_result(self, result: TrainResult) -> None:
+        steps = int(result.metadata.get("steps", 0))
+        if steps == 0:
+            self.status.setText("cancelled before the first step: no model")
+            return
+        self.result = result
+        self.saved = SavedModel(result.model, result.model_config, result.normalization,
+                                list(result.class_values), metadata=result.metadata)
+        name = self._source.name if self._source is not None else "image"
+        self.store.set_model(self.saved, f"trained on {name}, {steps} steps")
+        best, dice = result.metadata.get("best_step"), result.metadata.get("best_val_dice")
+        how = "stopped" if result.metadata.get("stopped") else "done"
+        text = f"{how} after {steps} steps in {result.metadata.get('seconds', 0):.1f} s"
+        if dice is not None:
+            text += f"; kept the best model (step {best}, val Dice {dice:.3f})"
+        self.status.setText(text)
+
+    def _on_finished(self, job: Job) -> None:
+        self._set_running(False)
+        if job.failed is not None:
+            self.status.setText(f"failed: {job.failed}")
+
+    # ------------------------------------------------------------------ files
+
+    def save_model(self) -> Any:
+        """Save model…: ask for a path (and before replacing a file) and write the model."""
+        return _files.save_with_dialog(self, self.saved)
+
+    def load_model(self) -> SavedModel | None:
+        """Load model…: read a model file; it becomes this widget's and the viewer's model."""
+        saved = _files.load_with_dialog(self, self.store)
+        if saved is not None:
+            self.saved, self.result = saved, None
+            self.status.setText(f"loaded {self.store.source}")
+        return saved

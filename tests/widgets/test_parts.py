@@ -1,0 +1,69 @@
+"""Small parts of the widgets: presets, configs, the live plot, the layer picker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unetseg._widgets._common import LayerPicker, class_lut
+from napari_unetseg._widgets._plot import LinePlot
+from napari_unetseg._widgets._train_form import TrainForm
+
+
+def test_presets_and_configs(qtbot):
+    form = TrainForm()
+    qtbot.addWidget(form)
+    form.preset.setCurrentText("paper")
+    assert (form.depth.value(), form.width.value()) == (4, 64)
+    form.preset.setCurrentText("fast, CPU friendly")
+    assert (form.depth.value(), form.width.value()) == (3, 16)
+    form.width.setValue(4)  # editing a preset field makes the preset "custom"
+    assert form.preset.currentText() == "custom"
+    form.arch.setCurrentText("ResUNet")
+    form.labels_mode.setCurrentIndex(2)
+    form.augment.setChecked(False)
+    cfg = form.model_config(classes=3)
+    assert (cfg.arch, cfg.depth, cfg.width, cfg.classes) == ("resunet", 3, 4, 3)
+    tcfg = form.train_config()
+    assert form.mode() == "instances" and not tcfg.augment.active
+    assert tcfg.iterations == form.iterations.value() and tcfg.device == "auto"
+
+
+def test_line_plot_draws(qtbot):
+    plot = LinePlot("loss", ("train", "val"), y_range=None)
+    qtbot.addWidget(plot)
+    plot.resize(200, 100)
+    blank = plot.grab().toImage()
+    for step in range(1, 30):
+        plot.add("train", step, 1.0 / step)
+    plot.add("val", 29, float("nan"))  # skipped
+    assert len(plot.data["train"]) == 29 and not plot.data["val"]
+    drawn = plot.grab().toImage()
+    assert drawn != blank
+    plot.clear()
+    assert not plot.data["train"]
+
+
+def test_class_lut():
+    assert class_lut([1, 2]).dtype == np.uint8
+    assert class_lut([0, 300]).dtype == np.int32
+    np.testing.assert_array_equal(class_lut([5]), [0, 5])  # a one-class model: 0 / 1
+
+
+@pytest.mark.parametrize("optional", [False, True])
+def test_layer_picker_follows_the_layer_list(make_napari_viewer, optional):
+    from napari.layers import Labels
+
+    viewer = make_napari_viewer()
+    picker = LayerPicker(viewer, Labels, optional=optional)
+    assert picker.layer() is None
+    viewer.add_image(np.zeros((8, 8)), name="img")
+    a = viewer.add_labels(np.zeros((8, 8), np.uint8), name="a")
+    viewer.add_labels(np.zeros((8, 8), np.uint8), name="b")
+    names = [picker.itemText(i) for i in range(picker.count())]
+    assert names == (["(none)"] if optional else []) + ["a", "b"]
+    picker.set_layer("b")
+    a.name = "renamed"
+    assert picker.findText("renamed") >= 0 and picker.currentText() == "b"
+    viewer.layers.remove("b")
+    assert picker.findText("b") < 0
