@@ -1,0 +1,425 @@
+"""From an image layer and a labels layer to training tensors, patches and a validation split.
+
+Three kinds of labels are understood (``labels_mode``):
+
+``"sparse"``
+    Painted scribbles: 0 is unlabelled (ignored, target -1), value ``v`` in ``1..K`` is
+    class ``v - 1``.
+``"dense"``
+    Every pixel is labelled: the distinct values, sorted, are the classes (ISBI 2012
+    membranes 0/255 -> classes 0/1), and ``class_values`` keeps the original values so that
+    predictions can be written back in them.
+``"instances"``
+    Every object has its own id (0 = background): the foreground/background target and the
+    U-Net weight map (Ronneberger 2015, eq. 2) are computed per slice, once. Slices without
+    any object are taken as not annotated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .normalize import Normalization
+
+__all__ = ["IGNORE", "LABELS_MODES", "PatchSampler", "TrainingData", "as_stack", "prepare_data"]
+
+IGNORE = -1
+LABELS_MODES = ("sparse", "dense", "instances")
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingData:
+    """Normalised image stack, targets and validation split, ready for patch sampling.
+
+    Attributes
+    ----------
+    image : np.ndarray
+        ``(S, C, H, W)`` float32, normalised and padded (reflect) to at least the patch size
+        plus ``margin`` on every side.
+    train_target, val_target : np.ndarray
+        ``(S, H, W)`` int16 class indices, :data:`IGNORE` where a pixel is not used for
+        training, respectively validation. ``val_target`` is None without validation.
+    weight : np.ndarray or None
+        ``(S, H, W)`` float32 U-Net weight map (instances mode), else None.
+    class_values : tuple of int
+        Original label value of each class.
+    normalization : Normalization
+        Fitted on the training slices (or passed in), to be stored with the model.
+    labels_mode : str
+    train_slices, val_slices : tuple of int
+        Slices with training, respectively validation, labels.
+    margin : int
+        Extra reflect padding on every side (the unpadded U-Net's lost border).
+    """
+
+    image: np.ndarray
+    train_target: np.ndarray
+    val_target: np.ndarray | None
+    weight: np.ndarray | None
+    class_values: tuple[int, ...]
+    normalization: Normalization
+    labels_mode: str
+    train_slices: tuple[int, ...]
+    val_slices: tuple[int, ...]
+    margin: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_values)
+
+    @property
+    def channels(self) -> int:
+        return int(self.image.shape[1])
+
+
+def as_stack(image: Any, channel_axis: int | None = None) -> np.ndarray:
+    """Return the image as ``(S, C, H, W)``: 2D, stack ``(Z, Y, X)``, optionally with channels.
+
+    Raises ValueError for an empty image, ``ndim`` outside 2..4 or a bad ``channel_axis``.
+    """
+    arr = np.asarray(image)
+    if arr.size == 0:
+        raise ValueError(f"image is empty (shape {arr.shape}); expected a 2D image or a stack")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"image must be integer or float, got dtype {arr.dtype}")
+    nd = arr.ndim
+    if channel_axis is None:
+        if nd not in (2, 3):
+            hint = "; pass channel_axis for a multichannel image" if nd == 4 else ""
+            raise ValueError(f"image must be 2D (Y, X) or a stack (Z, Y, X), got shape "
+                             f"{arr.shape}{hint}")
+        return arr.reshape((-1, 1, *arr.shape[-2:]))
+    if nd not in (3, 4) or not -nd <= channel_axis < nd:
+        raise ValueError(f"channel_axis={channel_axis} does not fit an image of shape "
+                         f"{arr.shape}; with channels the image must have 3 or 4 dims")
+    arr = np.moveaxis(arr, channel_axis, 0 if nd == 3 else 1)
+    return arr[None] if nd == 3 else arr
+
+
+def _integer_labels(labels: Any, expected: tuple[int, ...]) -> np.ndarray:
+    lab = np.asarray(labels)
+    if lab.shape != expected:
+        raise ValueError(f"labels shape {lab.shape} does not match the image shape {expected} "
+                         "(channel axis removed)")
+    if lab.dtype == bool:
+        lab = lab.astype(np.uint8)
+    if lab.dtype.kind == "f":
+        if not np.all(np.isfinite(lab)) or np.any(lab != np.round(lab)):
+            raise ValueError("labels must be integer values; got non-integer or NaN values")
+        lab = lab.astype(np.int64)
+    elif lab.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {lab.dtype}")
+    if lab.dtype.kind == "i" and lab.min() < 0:
+        raise ValueError(f"labels must be >= 0, got minimum {lab.min()}")
+    return lab.reshape((-1, *lab.shape[-2:]))
+
+
+def _targets(
+    lab: np.ndarray, mode: str, w0: float, sigma: float
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
+    """Class targets (int16, IGNORE = -1), weight map or None, and class values."""
+    if mode == "sparse":
+        if not lab.any():
+            raise ValueError("labels contain no painted pixel; paint at least two classes")
+        top = int(lab.max())
+        if top > 1024:
+            raise ValueError(f"sparse labels take values 1..K with K <= 1024, got {top}")
+        return (lab.astype(np.int16) - 1).astype(np.int16), None, tuple(range(1, top + 1))
+    if mode == "dense":
+        values, inverse = np.unique(lab, return_inverse=True)
+        if len(values) > 1024:
+            raise ValueError(f"dense labels have {len(values)} distinct values; at most 1024 "
+                             "classes (use labels_mode='instances' for object ids)")
+        target = inverse.reshape(lab.shape).astype(np.int16)
+        return target, None, tuple(int(v) for v in values)
+    from .weightmap import instance_targets, weight_map
+
+    target = np.full(lab.shape, IGNORE, np.int16)
+    weight = np.zeros(lab.shape, np.float32)
+    for i, inst in enumerate(lab):
+        if inst.any():
+            target[i] = np.asarray(instance_targets(inst), dtype=np.int16)
+            weight[i] = weight_map(inst, w0=w0, sigma=sigma)
+    if not (target >= 0).any():
+        raise ValueError("instance labels contain no object (all zero)")
+    return target, weight, (0, 1)
+
+
+def _classes(target: np.ndarray) -> set[int]:
+    return set(np.unique(target[target >= 0]).tolist())
+
+
+def _block_split(target: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of whole square blocks holding about ``fraction`` of the labelled pixels."""
+    h, w = target.shape
+    b = int(np.clip(min(h, w) // 4, 8, 64))
+    ny, nx = -(-h // b), -(-w // b)
+    counts = np.zeros((ny, nx), np.int64)
+    np.add.at(counts, tuple(np.nonzero(target >= 0)[i] // b for i in (0, 1)), 1)
+    order = rng.permutation(np.flatnonzero(counts))
+    total, taken = counts.sum(), 0
+    mask = np.zeros((h, w), bool)
+    for k in order:
+        if taken >= fraction * total:
+            break
+        y, x = divmod(int(k), nx)
+        mask[y * b : (y + 1) * b, x * b : (x + 1) * b] = True
+        taken += counts[y, x]
+    return mask
+
+
+def _split(
+    target: np.ndarray, val_fraction: float, val_slices: Any, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Hold out whole slices (stacks) or blocks of labelled pixels (one labelled slice)."""
+    labeled = [i for i in range(len(target)) if (target[i] >= 0).any()]
+    all_classes = _classes(target)
+    if val_slices is not None:
+        val = sorted({int(i) for i in val_slices})
+        bad = [i for i in val if not 0 <= i < len(target)]
+        if len(target) < 2 or bad:
+            raise ValueError(f"val_slices {list(val_slices)} must index slices of a stack of "
+                             f"{len(target)} slice(s)")
+        if set(labeled) <= set(val):
+            raise ValueError(f"val_slices {val} hold every labelled slice {labeled}; "
+                             "keep at least one for training")
+        if not set(val) & set(labeled):
+            raise ValueError(f"val_slices {val} hold no labels; labelled slices: {labeled}")
+        tries = [val]
+    elif val_fraction <= 0:
+        return target, None
+    elif len(labeled) >= 2:
+        n = min(max(1, round(val_fraction * len(labeled))), len(labeled) - 1)
+        tries = [sorted(rng.choice(labeled, n, replace=False).tolist()) for _ in range(10)]
+    else:
+        tries = [_block_split(target[labeled[0]], val_fraction, rng) for _ in range(10)]
+    for held in tries:
+        train, val = target.copy(), np.full_like(target, IGNORE)
+        if isinstance(held, np.ndarray):  # pixel blocks of the single labelled slice
+            s = labeled[0]
+            val[s][held] = target[s][held]
+            train[s][held] = IGNORE
+        else:
+            val[held], train[held] = target[held], IGNORE
+        if _classes(train) == all_classes and (val >= 0).any():
+            return train, val
+    if val_slices is not None:
+        raise ValueError(f"holding out val_slices {tries[0]} leaves a class without training "
+                         "labels")
+    return target, None  # too few labels to hold any out without losing a class
+
+
+def _pad(arr: np.ndarray, size: int, margin: int, mode: str, value: float = 0) -> np.ndarray:
+    h, w = arr.shape[-2:]
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    pads = [(0, 0)] * (arr.ndim - 2)
+    pads += [(margin + ph // 2, margin + ph - ph // 2), (margin + pw // 2, margin + pw - pw // 2)]
+    if not any(p for pair in pads for p in pair):
+        return arr
+    if mode == "constant":
+        return np.pad(arr, pads, mode="constant", constant_values=value)
+    return np.pad(arr, pads, mode=mode)
+
+
+def prepare_data(
+    image: Any,
+    labels: Any,
+    *,
+    labels_mode: str = "sparse",
+    channel_axis: int | None = None,
+    val_fraction: float = 0.1,
+    val_slices: Any = None,
+    min_size: int = 1,
+    margin: int = 0,
+    normalization: Normalization | None = None,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    seed: int = 0,
+) -> TrainingData:
+    """Check an image/labels pair and turn it into :class:`TrainingData`.
+
+    Parameters
+    ----------
+    image : array-like
+        ``(Y, X)`` or ``(Z, Y, X)``, optionally with a channel axis; uint8, uint16 or float.
+    labels : array-like
+        Same shape as the image without its channel axis; non-negative integers.
+    labels_mode : {"sparse", "dense", "instances"}
+        How to read the labels (see the module docstring).
+    channel_axis : int or None
+        Axis of the image holding channels.
+    val_fraction : float
+        Fraction held out for validation: whole labelled slices of a stack, or blocks of the
+        labelled pixels when only one slice is labelled. 0 disables validation.
+    val_slices : sequence of int or None
+        Explicit validation slices (overrides ``val_fraction``).
+    min_size : int
+        Images smaller than this (the patch size) are mirror-padded up to it; padded
+        pixels are ignored by the loss.
+    margin : int
+        Extra reflect padding on every side (``model.margin`` of the unpadded U-Net).
+    normalization : Normalization or None
+        Use this instead of fitting one on the training slices (e.g. to resume training).
+    w0, sigma : float
+        Weight map parameters (instances mode), Ronneberger 2015 eq. 2.
+    seed : int
+        Seed of the random validation split.
+
+    Raises
+    ------
+    ValueError
+        Shape mismatch, empty or non-finite image, bad labels, a single class, no label.
+    """
+    if labels_mode not in LABELS_MODES:
+        raise ValueError(f"labels_mode must be one of {LABELS_MODES}, got {labels_mode!r}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    stack = as_stack(image, channel_axis)
+    if stack.dtype.kind == "f" and not np.all(np.isfinite(stack)):
+        raise ValueError("image contains NaN or infinite pixels; expected finite values")
+    shape = list(np.shape(image))
+    if channel_axis is not None:
+        del shape[channel_axis]
+    lab = _integer_labels(labels, tuple(shape))
+    target, weight, class_values = _targets(lab, labels_mode, w0, sigma)
+    if len(_classes(target)) < 2:
+        raise ValueError(f"labels hold a single class ({labels_mode} values "
+                         f"{np.unique(lab).tolist()}); training needs at least two")
+    rng = np.random.default_rng(seed)
+    train, val = _split(target, val_fraction, val_slices, rng)
+    train_slices = tuple(i for i in range(len(train)) if (train[i] >= 0).any())
+    val_slices_out = () if val is None else tuple(
+        i for i in range(len(val)) if (val[i] >= 0).any())
+    if normalization is None:
+        normalization = Normalization.fit(stack[list(train_slices)])
+    img = _pad(normalization(stack), min_size, margin, "reflect")
+    return TrainingData(
+        image=np.ascontiguousarray(img),
+        train_target=_pad(train, min_size, margin, "constant", IGNORE),
+        val_target=None if val is None else _pad(val, min_size, margin, "constant", IGNORE),
+        weight=None if weight is None else _pad(weight, min_size, margin, "constant", 0.0),
+        class_values=class_values,
+        normalization=normalization,
+        labels_mode=labels_mode,
+        train_slices=train_slices,
+        val_slices=val_slices_out,
+        margin=margin,
+    )
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
+
+
+class PatchSampler:
+    """Random training patches and a fixed grid of validation patches, cropped on a device.
+
+    Positions are drawn with a ``torch.Generator`` on ``device`` and the crops are one
+    gather each, so a GPU batch needs no host round trip. Sparse labels: each patch is
+    centred (with a jitter of a quarter patch) on a labelled pixel of a class drawn
+    uniformly, so rare scribbles are seen as often as common ones. Dense and instance
+    labels: uniform positions on a slice with training labels.
+
+    Parameters
+    ----------
+    data : TrainingData
+    patch : int
+        Side of the input patches (at most the padded image side).
+    device : torch.device or str
+        Where the data, the generator and the crops live.
+    seed : int
+        Seed of the position generator.
+    """
+
+    def __init__(self, data: TrainingData, patch: int, device: Any, seed: int = 0) -> None:
+        h, w = data.image.shape[-2:]
+        if not 1 <= patch <= min(h, w):
+            raise ValueError(f"patch {patch} does not fit the padded image {h}x{w}")
+        self.data, self.patch, self.device = data, patch, torch.device(device)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        to = lambda a: None if a is None else torch.from_numpy(a).to(self.device)  # noqa: E731
+        self.image, self.target = to(data.image), to(data.train_target)
+        self.weight = to(data.weight)
+        self.slices = torch.tensor(data.train_slices, device=self.device)
+        self.centres = data.labels_mode == "sparse"
+        if self.centres:
+            flat = self.target.flatten()
+            idx = torch.nonzero(flat >= 0).squeeze(1)
+            order = torch.argsort(flat[idx], stable=True)
+            self.coords = idx[order]
+            counts = torch.bincount(flat[idx].long(), minlength=data.num_classes)
+            self.present = torch.nonzero(counts).squeeze(1)
+            self.counts = counts
+            self.offsets = torch.cumsum(counts, 0) - counts
+
+    def _rand(self, n: int) -> torch.Tensor:
+        return torch.rand(n, generator=self.generator, device=self.device)
+
+    def positions(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Slice index and top-left corner of ``n`` random training patches."""
+        _, _, h, w = self.image.shape
+        p = self.patch
+        if not self.centres:
+            s = self.slices[(self._rand(n) * len(self.slices)).long()]
+            y0 = (self._rand(n) * (h - p + 1)).long()
+            x0 = (self._rand(n) * (w - p + 1)).long()
+            return s, y0, x0
+        c = self.present[(self._rand(n) * len(self.present)).long()]
+        k = self.offsets[c] + (self._rand(n) * self.counts[c]).long()
+        flat = self.coords[k]
+        s, rest = flat // (h * w), flat % (h * w)
+        jit = max(1, (p - 2 * self.data.margin) // 4)
+        y0 = rest // w - p // 2 + (self._rand(n) * (2 * jit + 1)).long() - jit
+        x0 = rest % w - p // 2 + (self._rand(n) * (2 * jit + 1)).long() - jit
+        return s, y0.clamp(0, h - p), x0.clamp(0, w - p)
+
+    def crop(self, s: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, target=None) -> Batch:
+        """Image ``(n, C, P, P)``, long target ``(n, P, P)`` and weight crops at the corners.
+
+        Rows are picked with ``index_select`` and columns with ``gather`` (two kernels per
+        array; multi-axis advanced indexing is far slower on the CPU).
+        """
+        n, p = s.shape[0], self.patch
+        num, ch, h, w = self.image.shape
+        ar = torch.arange(p, device=self.device)
+        rows = (s[:, None] * h + y0[:, None] + ar).reshape(-1)
+        cols = (x0[:, None] + ar)[:, None, :].expand(n, p, p)
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return torch.gather(t.reshape(num * h, w).index_select(0, rows).view(n, p, w), 2, cols)
+
+        img = self.image.transpose(0, 1).reshape(ch, num * h, w).index_select(1, rows)
+        img = torch.gather(img.view(ch, n, p, w), 3, cols.expand(ch, n, p, p))
+        tgt = take(self.target if target is None else target).long()
+        wgt = None if self.weight is None else take(self.weight)
+        return img.transpose(0, 1).contiguous(), tgt, wgt
+
+    def sample(self, n: int) -> Batch:
+        """A random training batch of ``n`` patches."""
+        return self.crop(*self.positions(n))
+
+    def validation_batches(self, batch_size: int, max_patches: int = 64) -> list[Batch]:
+        """Patches tiling the validation labels (fixed; evenly thinned to ``max_patches``)."""
+        d = self.data
+        if d.val_target is None:
+            return []
+        m, p = d.margin, self.patch
+        step = p - 2 * m
+        h, w = d.image.shape[-2:]
+
+        def starts(size: int) -> list[int]:
+            return sorted({*range(m, size - m - step + 1, step), size - m - step})
+
+        wins = [(s, ty - m, tx - m) for s in d.val_slices for ty in starts(h) for tx in starts(w)
+                if (d.val_target[s, ty : ty + step, tx : tx + step] >= 0).any()]
+        if len(wins) > max_patches:
+            wins = [wins[i] for i in np.linspace(0, len(wins) - 1, max_patches).astype(int)]
+        val = torch.from_numpy(d.val_target).to(self.device)
+        out = []
+        for i in range(0, len(wins), batch_size):
+            pos = torch.tensor(wins[i : i + batch_size], device=self.device).T
+            out.append(self.crop(pos[0], pos[1], pos[2], target=val))
+        return out

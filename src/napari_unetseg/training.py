@@ -1,0 +1,523 @@
+"""Training loop: a generator of :class:`TrainEvent` that returns a :class:`TrainResult`.
+
+``train(...)`` checks every input eagerly (ValueError before any step) and returns the
+generator; ``fit(...)`` drains it. The loop samples patches on the training device
+(:class:`~napari_unetseg.data.PatchSampler`), augments them there
+(:func:`~napari_unetseg.augment.augment_batch`), and keeps the weights with the best
+validation Dice. UNet++ with ``deep_supervision`` is trained on every head (Zhou et al. 2018,
+eq. 2 sums the loss over the heads X(0,1..depth)).
+
+Host syncs on CUDA: the per-step losses stay on the device and are read in one transfer
+every ``log_every`` steps (or every 0.5 s, or at validation), so the events of such a window
+are yielded together; ``stop`` is still called before every step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, augment_batch
+from .config import ModelConfig
+from .data import PatchSampler, TrainingData, prepare_data
+from .normalize import Normalization
+
+__all__ = ["TrainConfig", "TrainEvent", "TrainResult", "fit", "resolve_device", "train"]
+
+_FLUSH_S = 0.5
+_CHOICES = {
+    "optimizer": ("adam", "sgd"),
+    "schedule": ("cosine", "constant", "poly"),
+    "loss": ("wce", "ce", "dice", "bce_dice"),
+}
+_NUMBERS = {  # name: (lo, hi, integer)
+    "iterations": (1, 10_000_000, True), "batch_size": (1, 4096, True),
+    "patch_size": (4, 8192, True), "lr": (1e-12, 10.0, False),
+    "weight_decay": (0.0, 1.0, False), "val_fraction": (0.0, 0.9, False),
+    "val_every": (1, 10_000_000, True), "val_patches": (1, 100_000, True),
+    "log_every": (1, 100_000, True), "seed": (0, 2**63 - 1, True),
+    "w0": (0.0, 1e3, False), "sigma": (1e-3, 1e3, False),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; validated on creation.
+
+    Parameters
+    ----------
+    iterations, batch_size, patch_size : int
+        Optimiser steps, patches per step, input patch side in pixels.
+    lr, weight_decay : float
+        Learning rate and L2 weight decay.
+    optimizer : {"adam", "sgd"}
+        Adam (fused on CUDA), or SGD with momentum 0.99 as in Ronneberger et al. (2015).
+    schedule : {"cosine", "constant", "poly"}
+        Learning-rate decay over ``iterations`` (poly: ``(1 - t/T) ** 0.9``).
+    loss : {"wce", "ce", "dice", "bce_dice"}
+        ``wce`` is the U-Net pixel-weighted cross entropy (weights only in instances mode).
+    augment : AugmentConfig
+    val_fraction, val_slices
+        Validation hold-out, see :func:`napari_unetseg.data.prepare_data`.
+    val_every, val_patches : int
+        Validate every so many steps, on at most so many patches.
+    device : str
+        ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    amp : bool
+        bfloat16 autocast on CUDA (ignored elsewhere).
+    log_every : int
+        Read the losses back from the device every so many steps (see module docstring).
+    seed : int
+        Seeds weights, patch positions, augmentation and the validation split.
+    ds_weights : tuple of float or None
+        UNet++ deep-supervision weight of each head (None: equal).
+    w0, sigma : float
+        U-Net weight map (instances mode), Ronneberger et al. (2015), eq. 2.
+    """
+
+    iterations: int = 2000
+    batch_size: int = 4
+    patch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    loss: str = "wce"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    val_fraction: float = 0.1
+    val_slices: tuple[int, ...] | None = None
+    val_every: int = 100
+    val_patches: int = 64
+    device: str = "auto"
+    amp: bool = True
+    log_every: int = 10
+    seed: int = 0
+    ds_weights: tuple[float, ...] | None = None
+    w0: float = 10.0
+    sigma: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("val_slices", "ds_weights"):  # accept lists (e.g. from JSON)
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise TypeError/ValueError naming the bad field and what is allowed."""
+        for name, (lo, hi, integer) in _NUMBERS.items():
+            v = getattr(self, name)
+            kind = int if integer else (int, float)
+            if isinstance(v, bool) or not isinstance(v, kind):
+                raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {v!r}")
+            if not (math.isfinite(v) and lo <= v <= hi):
+                raise ValueError(f"{name} must be in [{lo}, {hi}], got {v!r}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if not isinstance(self.augment, AugmentConfig):
+            raise TypeError(f"augment must be an AugmentConfig, got {type(self.augment)}")
+        if not isinstance(self.amp, bool):
+            raise TypeError(f"amp must be a bool, got {self.amp!r}")
+        if not isinstance(self.device, str):
+            raise TypeError(f"device must be a str, got {self.device!r}")
+        for name in ("val_slices", "ds_weights"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, tuple) or not v):
+                raise TypeError(f"{name} must be None or a non-empty tuple, got {v!r}")
+        if self.ds_weights is not None and (
+            not all(isinstance(w, (int, float)) and w >= 0 for w in self.ds_weights)
+            or sum(self.ds_weights) <= 0
+        ):
+            raise ValueError(f"ds_weights must be >= 0 with a positive sum: {self.ds_weights}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["augment"] = self.augment.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        d = dict(data)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown train config field(s) {unknown}")
+        if isinstance(d.get("augment"), Mapping):
+            d["augment"] = AugmentConfig.from_dict(dict(d["augment"]))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """Progress after one step; ``val_*`` are None except on validation steps."""
+
+    step: int
+    epoch: int
+    loss: float
+    val_loss: float | None
+    val_dice: float | None
+    images_per_s: float
+    eta_s: float
+    lr: float
+
+
+@dataclass
+class TrainResult:
+    """A trained model (best on validation, on CPU, in eval mode) and what is needed to use it.
+
+    ``model``, ``normalization`` and ``class_values`` are what
+    :func:`napari_unetseg.io.save_model` stores; ``history`` has one dict per step (the
+    :class:`TrainEvent` fields).
+    """
+
+    model: torch.nn.Module
+    model_config: ModelConfig
+    normalization: Normalization
+    class_values: tuple[int, ...]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def available_devices() -> list[str]:
+    """Devices this machine can train on, ``"cpu"`` first."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        out.append("mps")
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda > mps > cpu; otherwise the named device if this machine has it.
+
+    Raises ValueError naming the available devices for an unknown or absent device.
+    """
+    avail = available_devices()
+    if name == "auto":
+        return torch.device("cuda" if "cuda" in avail else "mps" if "mps" in avail else "cpu")
+    if name not in avail:
+        raise ValueError(f"device {name!r} is not available here; available: {avail} or 'auto'")
+    return torch.device(name)
+
+
+@dataclass
+class _Setup:
+    """Everything checked before the first step."""
+
+    model: torch.nn.Module
+    model_config: ModelConfig
+    data: TrainingData
+    cfg: TrainConfig
+    device: torch.device
+    criterion: Callable[..., torch.Tensor]
+    patch: int
+    margin: int
+    stop: Callable[[], bool] | None
+
+
+def _initial_model(
+    model_config: ModelConfig, resume: Any, seed: int
+) -> tuple[torch.nn.Module, Normalization | None, tuple[int, ...] | None]:
+    """Build (seeded) or resume a model; also the resumed normalisation and class values."""
+    from .models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(model_config)
+    if resume is None:
+        return model, None, None
+    norm = values = None
+    if isinstance(getattr(resume, "model", None), torch.nn.Module):  # TrainResult, SavedModel
+        old = getattr(resume, "model_config", None) or getattr(resume, "config", None)
+        if old is not None and old != model_config:
+            raise ValueError(f"resume was trained with {old}, which differs from "
+                             f"model_config {model_config}")
+        state = resume.model.state_dict()
+        norm = getattr(resume, "normalization", None)
+        values = getattr(resume, "class_values", None)
+    elif isinstance(resume, Mapping):
+        state = resume.get("model_state_dict", resume)
+    else:
+        raise TypeError(f"resume must be a TrainResult, a SavedModel or a state dict, got "
+                        f"{type(resume).__name__}")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ValueError(f"resume state does not fit model_config {model_config}: {e}") from e
+    return model, norm, values
+
+
+def _geometry(model: torch.nn.Module, patch_size: int) -> tuple[int, int]:
+    """Input patch side and margin (the unpadded U-Net's output is smaller by 2*margin)."""
+    margin = int(getattr(model, "margin", 0))
+    patch = int(model.valid_input_size(patch_size)) if margin else patch_size
+    if patch < model.min_size:
+        raise ValueError(f"patch_size {patch_size} is below the model's minimum "
+                         f"{model.min_size} (2**depth)")
+    return patch, margin
+
+
+def _criterion(cfg: TrainConfig, model_config: ModelConfig) -> Callable[..., torch.Tensor]:
+    from .losses import DeepSupervisionLoss, make_loss
+
+    base = make_loss(cfg.loss)
+    if model_config.arch != "unetpp" or not model_config.deep_supervision:
+        return base
+    weights = cfg.ds_weights or (1.0,) * model_config.depth
+    if len(weights) != model_config.depth:
+        raise ValueError(f"ds_weights needs one weight per UNet++ head ({model_config.depth}), "
+                         f"got {len(weights)}: {weights}")
+    return DeepSupervisionLoss(base, list(weights))
+
+
+def train(
+    image: Any,
+    labels: Any,
+    model_config: ModelConfig,
+    train_config: TrainConfig | None = None,
+    *,
+    labels_mode: str = "sparse",
+    channel_axis: int | None = None,
+    resume: Any = None,
+    stop: Callable[[], bool] | None = None,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Check the inputs, then return the training generator.
+
+    Parameters
+    ----------
+    image, labels : array-like
+        Image layer data and labels layer data, see :func:`napari_unetseg.data.prepare_data`.
+    model_config : ModelConfig
+        The network; ``classes`` must equal the number of label classes and ``in_channels``
+        the image channels.
+    train_config : TrainConfig or None
+        Defaults to ``TrainConfig()``.
+    labels_mode : {"sparse", "dense", "instances"}
+    channel_axis : int or None
+    resume : TrainResult, SavedModel (``io.load_model``), state dict or None
+        Start from these weights (and, for a TrainResult or SavedModel, its normalisation;
+        its model config and class values must match).
+    stop : callable or None
+        Called before every step; returning True ends training with a result.
+
+    Returns
+    -------
+    generator
+        Yields a :class:`TrainEvent` per step and returns a :class:`TrainResult`
+        (``result = yield from train(...)``). ``gen.close()`` is safe at any time.
+
+    Raises
+    ------
+    ValueError, TypeError
+        On bad data, configs or device, before any training.
+    """
+    cfg = TrainConfig() if train_config is None else train_config
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"train_config must be a TrainConfig, got {type(cfg).__name__}")
+    if not isinstance(model_config, ModelConfig):
+        raise TypeError(f"model_config must be a ModelConfig, got {type(model_config).__name__}")
+    device = resolve_device(cfg.device)
+    model, norm, resumed_values = _initial_model(model_config, resume, cfg.seed)
+    patch, margin = _geometry(model, cfg.patch_size)
+    data = prepare_data(
+        image, labels, labels_mode=labels_mode, channel_axis=channel_axis,
+        val_fraction=cfg.val_fraction, val_slices=cfg.val_slices, min_size=patch - 2 * margin,
+        margin=margin, normalization=norm, w0=cfg.w0, sigma=cfg.sigma, seed=cfg.seed,
+    )
+    if model_config.classes != data.num_classes:
+        raise ValueError(f"labels give {data.num_classes} classes (values {data.class_values}) "
+                         f"but model_config.classes is {model_config.classes}")
+    if model_config.in_channels != data.channels:
+        raise ValueError(f"image has {data.channels} channel(s) but model_config.in_channels "
+                         f"is {model_config.in_channels}")
+    if resumed_values is not None and tuple(resumed_values) != data.class_values:
+        raise ValueError(f"resume was trained on class values {resumed_values}, the labels "
+                         f"give {data.class_values}")
+    crit = _criterion(cfg, model_config)
+    setup = _Setup(model, model_config, data, cfg, device, crit, patch, margin, stop)
+    return _run(setup)
+
+
+def fit(
+    image: Any,
+    labels: Any,
+    model_config: ModelConfig,
+    train_config: TrainConfig | None = None,
+    *,
+    labels_mode: str = "sparse",
+    channel_axis: int | None = None,
+    resume: Any = None,
+    stop: Callable[[], bool] | None = None,
+    on_event: Callable[[TrainEvent], None] | None = None,
+) -> TrainResult:
+    """Run :func:`train` to the end and return its :class:`TrainResult`.
+
+    Same parameters as :func:`train`, plus ``on_event`` called with every event.
+    """
+    gen = train(image, labels, model_config, train_config, labels_mode=labels_mode,
+                channel_axis=channel_axis, resume=resume, stop=stop)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as done:
+            return done.value
+        if on_event is not None:
+            on_event(event)
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":  # Ronneberger 2015: momentum 0.99
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.99, weight_decay=cfg.weight_decay)
+    fused = device.type == "cuda"
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def _lr_factor(schedule: str, total: int) -> Callable[[int], float]:
+    if schedule == "cosine":
+        return lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+    if schedule == "poly":
+        return lambda t: max(0.0, 1.0 - t / total) ** 0.9
+    return lambda t: 1.0
+
+
+def _forward(s: _Setup, img: torch.Tensor) -> Any:
+    """Logits, or the list of head logits for deep supervision, under bf16 autocast on CUDA."""
+    amp = s.cfg.amp and s.device.type == "cuda"
+    ds = s.model_config.arch == "unetpp" and s.model_config.deep_supervision
+    if s.device.type == "cuda":  # channels_last convolutions are ~20% faster on an H100
+        img = img.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = s.model(img, level="all") if ds else s.model(img)
+    return [o.float() for o in out] if isinstance(out, list) else out.float()
+
+
+def _crop(t: torch.Tensor | None, m: int) -> torch.Tensor | None:
+    return t if t is None or m == 0 else t[..., m:-m, m:-m]
+
+
+@torch.no_grad()
+def _evaluate(s: _Setup, batches: list) -> tuple[float, float]:
+    """Validation loss and mean Dice over classes (on labelled pixels, argmax prediction).
+
+    Dice is ``2 TP / (2 TP + FP + FN)`` per class, averaged over classes that occur in the
+    prediction or the target.
+    """
+    s.model.eval()
+    k = s.model_config.classes
+    conf = torch.zeros(k * k, device=s.device, dtype=torch.float64)
+    loss = torch.zeros((), device=s.device)
+    for img, tgt, wgt in batches:
+        tgt, wgt = _crop(tgt, s.margin), _crop(wgt, s.margin)
+        out = _forward(s, img)
+        loss += s.criterion(out, tgt, wgt)
+        logits = torch.stack(out).mean(0) if isinstance(out, list) else out
+        keep = tgt >= 0
+        pairs = tgt[keep] * k + logits.argmax(1)[keep]
+        conf += torch.bincount(pairs, minlength=k * k).double()
+    s.model.train()
+    conf = conf.view(k, k)  # rows: target, columns: prediction
+    tp = conf.diagonal()
+    denom = conf.sum(0) + conf.sum(1)
+    dice = (2 * tp / denom.clamp_min(1))[denom > 0].mean()
+    vals = torch.stack([loss / max(len(batches), 1), dice.float()]).tolist()
+    return float(vals[0]), float(vals[1])
+
+
+def _step(s: _Setup, sampler: PatchSampler, gen: torch.Generator, opt, sched) -> torch.Tensor:
+    img, tgt, wgt = sampler.sample(s.cfg.batch_size)
+    if s.cfg.augment.active:
+        img, tgt, wgt = augment_batch(img, tgt, wgt, config=s.cfg.augment, generator=gen)
+    loss = s.criterion(_forward(s, img), _crop(tgt, s.margin), _crop(wgt, s.margin))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.detach()
+
+
+def _events(s: _Setup, pending: list, val: tuple[float, float] | None, seconds: float
+            ) -> list[TrainEvent]:
+    """Events of the pending steps, with their losses read from the device in one transfer."""
+    losses = torch.stack([p[1] for p in pending]).tolist()
+    rate = len(pending) * s.cfg.batch_size / max(seconds, 1e-9)
+    area = max(1, len(s.data.train_slices) * int(np.prod(s.data.image.shape[-2:])))
+    per_step = s.cfg.batch_size * (s.patch - 2 * s.margin) ** 2
+    out = []
+    for (i, _, lr), loss in zip(pending, losses, strict=True):
+        vl, vd = val if val is not None and i == pending[-1][0] else (None, None)
+        eta = (s.cfg.iterations - i) * s.cfg.batch_size / rate
+        out.append(TrainEvent(i, i * per_step // area, float(loss), vl, vd, rate, eta, lr))
+    return out
+
+
+def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
+    cfg, model = s.cfg, s.model
+    model.to(s.device).train()
+    if s.device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    opt = _optimizer(model, cfg, s.device)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg.schedule, cfg.iterations))
+    sampler = PatchSampler(s.data, s.patch, s.device, seed=cfg.seed)
+    val_batches = sampler.validation_batches(cfg.batch_size, cfg.val_patches)
+    gen = torch.Generator(s.device).manual_seed(cfg.seed + 1)
+    history: list[dict[str, Any]] = []
+    pending: list[tuple[int, torch.Tensor, float]] = []
+    best: dict[str, Any] = {"dice": -1.0, "step": 0, "state": None}
+    t0 = t_flush = time.perf_counter()
+    step, stopped = 0, False
+    while step < cfg.iterations and not stopped:
+        stopped = s.stop is not None and bool(s.stop())
+        if not stopped:
+            step += 1
+            lr = opt.param_groups[0]["lr"]
+            pending.append((step, _step(s, sampler, gen, opt, sched), lr))
+        val = None
+        if val_batches and not stopped and (step % cfg.val_every == 0 or step == cfg.iterations):
+            val = _evaluate(s, val_batches)
+            if val[1] > best["dice"]:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best.update(dice=val[1], step=step, state=state)
+        due = len(pending) >= cfg.log_every or val or step == cfg.iterations or stopped
+        if pending and (due or time.perf_counter() - t_flush > _FLUSH_S):
+            events = _events(s, pending, val, time.perf_counter() - t_flush)
+            pending = []
+            for ev in events:
+                history.append(asdict(ev))
+                yield ev
+            t_flush = time.perf_counter()
+    return _result(s, history, best, step, time.perf_counter() - t0, stopped)
+
+
+def _result(s: _Setup, history: list, best: dict, steps: int, seconds: float,
+            stopped: bool) -> TrainResult:
+    model = s.model
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    d = s.data
+    meta = {
+        "steps": steps, "seconds": seconds, "stopped": stopped,
+        "best_step": best["step"] if best["state"] is not None else steps,
+        "best_val_dice": best["dice"] if best["state"] is not None else None,
+        "images_per_s": steps * s.cfg.batch_size / max(seconds, 1e-9),
+        "device": str(s.device), "amp": s.cfg.amp and s.device.type == "cuda",
+        "torch": torch.__version__, "napari_unetseg": _version(), "labels_mode": d.labels_mode,
+        "class_values": list(d.class_values), "patch": s.patch, "margin": s.margin,
+        "train_slices": list(d.train_slices), "val_slices": list(d.val_slices),
+        "train_config": s.cfg.to_dict(),
+    }
+    return TrainResult(model, s.model_config, d.normalization, d.class_values, history, meta)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
