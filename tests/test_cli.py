@@ -27,8 +27,8 @@ def em_files(tmp_path_factory):
         from napari_unetseg._sample_data import load_sample
 
         img, lab = (a[:3, :192, :160] for a in load_sample())
-    tifffile.imwrite(tmp / "img.tif", img)
-    tifffile.imwrite(tmp / "lab.tif", lab)
+    tifffile.imwrite(tmp / "img.tif", img, photometric="minisblack")
+    tifffile.imwrite(tmp / "lab.tif", lab, photometric="minisblack")
     return tmp
 
 
