@@ -27,7 +27,8 @@ def test_import_loads_no_gui_module():
 
 CORE_MODULES = [
     "config", "normalize", "models", "weightmap", "losses", "metrics", "synthetic", "tiling",
-    "inference", "augment", "data", "training", "io", "cli", "_sample_data",
+    "inference", "augment", "data", "training", "train_config", "devices", "postprocess", "io",
+    "cli", "_sample_data",
 ]
 
 

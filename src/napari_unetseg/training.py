@@ -14,199 +14,27 @@ are yielded together; ``stop`` is still called before every step.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from .augment import AugmentConfig, augment_batch
+from .augment import augment_batch
 from .config import ModelConfig
 from .data import PatchSampler, TrainingData, prepare_data
+from .devices import resolve_device
 from .normalize import Normalization
+from .train_config import TrainConfig, TrainEvent, TrainResult
 
-__all__ = ["TrainConfig", "TrainEvent", "TrainResult", "fit", "resolve_device", "train"]
+__all__ = [
+    "TrainConfig", "TrainEvent", "TrainResult", "TrainRun", "fit", "resolve_device", "train",
+]
 
 _FLUSH_S = 0.5
-_CHOICES = {
-    "optimizer": ("adam", "sgd"),
-    "schedule": ("cosine", "constant", "poly"),
-    "loss": ("wce", "ce", "dice", "bce_dice"),
-}
-_NUMBERS = {  # name: (lo, hi, integer)
-    "iterations": (1, 10_000_000, True), "batch_size": (1, 4096, True),
-    "patch_size": (4, 8192, True), "lr": (1e-12, 10.0, False),
-    "weight_decay": (0.0, 1.0, False), "val_fraction": (0.0, 0.9, False),
-    "val_every": (1, 10_000_000, True), "val_patches": (1, 100_000, True),
-    "log_every": (1, 100_000, True), "seed": (0, 2**63 - 1, True),
-    "w0": (0.0, 1e3, False), "sigma": (1e-3, 1e3, False),
-}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train; validated on creation.
-
-    Parameters
-    ----------
-    iterations, batch_size, patch_size : int
-        Optimiser steps, patches per step, input patch side in pixels.
-    lr, weight_decay : float
-        Learning rate and L2 weight decay.
-    optimizer : {"adam", "sgd"}
-        Adam (fused on CUDA), or SGD with momentum 0.99 as in Ronneberger et al. (2015).
-    schedule : {"cosine", "constant", "poly"}
-        Learning-rate decay over ``iterations`` (poly: ``(1 - t/T) ** 0.9``).
-    loss : {"wce", "ce", "dice", "bce_dice"}
-        ``wce`` is the U-Net pixel-weighted cross entropy (weights only in instances mode).
-    augment : AugmentConfig
-    val_fraction, val_slices
-        Validation hold-out, see :func:`napari_unetseg.data.prepare_data`.
-    val_every, val_patches : int
-        Validate every so many steps, on at most so many patches.
-    device : str
-        ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-    amp : bool
-        bfloat16 autocast on CUDA (ignored elsewhere).
-    log_every : int
-        Read the losses back from the device every so many steps (see module docstring).
-    seed : int
-        Seeds weights, patch positions, augmentation and the validation split.
-    ds_weights : tuple of float or None
-        UNet++ deep-supervision weight of each head (None: equal).
-    w0, sigma : float
-        U-Net weight map (instances mode), Ronneberger et al. (2015), eq. 2.
-    """
-
-    iterations: int = 2000
-    batch_size: int = 4
-    patch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adam"
-    schedule: str = "cosine"
-    loss: str = "wce"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    val_fraction: float = 0.1
-    val_slices: tuple[int, ...] | None = None
-    val_every: int = 100
-    val_patches: int = 64
-    device: str = "auto"
-    amp: bool = True
-    log_every: int = 10
-    seed: int = 0
-    ds_weights: tuple[float, ...] | None = None
-    w0: float = 10.0
-    sigma: float = 5.0
-
-    def __post_init__(self) -> None:
-        for name in ("val_slices", "ds_weights"):  # accept lists (e.g. from JSON)
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise TypeError/ValueError naming the bad field and what is allowed."""
-        for name, (lo, hi, integer) in _NUMBERS.items():
-            v = getattr(self, name)
-            kind = int if integer else (int, float)
-            if isinstance(v, bool) or not isinstance(v, kind):
-                raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {v!r}")
-            if not (math.isfinite(v) and lo <= v <= hi):
-                raise ValueError(f"{name} must be in [{lo}, {hi}], got {v!r}")
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        if not isinstance(self.augment, AugmentConfig):
-            raise TypeError(f"augment must be an AugmentConfig, got {type(self.augment)}")
-        if not isinstance(self.amp, bool):
-            raise TypeError(f"amp must be a bool, got {self.amp!r}")
-        if not isinstance(self.device, str):
-            raise TypeError(f"device must be a str, got {self.device!r}")
-        for name in ("val_slices", "ds_weights"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, tuple) or not v):
-                raise TypeError(f"{name} must be None or a non-empty tuple, got {v!r}")
-        if self.ds_weights is not None and (
-            not all(isinstance(w, (int, float)) and w >= 0 for w in self.ds_weights)
-            or sum(self.ds_weights) <= 0
-        ):
-            raise ValueError(f"ds_weights must be >= 0 with a positive sum: {self.ds_weights}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["augment"] = self.augment.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        d = dict(data)
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown train config field(s) {unknown}")
-        if isinstance(d.get("augment"), Mapping):
-            d["augment"] = AugmentConfig.from_dict(dict(d["augment"]))
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class TrainEvent:
-    """Progress after one step; ``val_*`` are None except on validation steps."""
-
-    step: int
-    epoch: int
-    loss: float
-    val_loss: float | None
-    val_dice: float | None
-    images_per_s: float
-    eta_s: float
-    lr: float
-
-
-@dataclass
-class TrainResult:
-    """A trained model (best on validation, on CPU, in eval mode) and what is needed to use it.
-
-    ``model``, ``normalization`` and ``class_values`` are what
-    :func:`napari_unetseg.io.save_model` stores; ``history`` has one dict per step (the
-    :class:`TrainEvent` fields).
-    """
-
-    model: torch.nn.Module
-    model_config: ModelConfig
-    normalization: Normalization
-    class_values: tuple[int, ...]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def available_devices() -> list[str]:
-    """Devices this machine can train on, ``"cpu"`` first."""
-    out = ["cpu"]
-    if torch.cuda.is_available():
-        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        out.append("mps")
-    return out
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> cuda > mps > cpu; otherwise the named device if this machine has it.
-
-    Raises ValueError naming the available devices for an unknown or absent device.
-    """
-    avail = available_devices()
-    if name == "auto":
-        return torch.device("cuda" if "cuda" in avail else "mps" if "mps" in avail else "cpu")
-    if name not in avail:
-        raise ValueError(f"device {name!r} is not available here; available: {avail} or 'auto'")
-    return torch.device(name)
-
-
 @dataclass
 class _Setup:
     """Everything checked before the first step."""
@@ -342,7 +170,46 @@ def train(
                          f"give {data.class_values}")
     crit = _criterion(cfg, model_config)
     setup = _Setup(model, model_config, data, cfg, device, crit, patch, margin, stop)
-    return _run(setup)
+    return TrainRun(setup)
+
+
+class TrainRun(Generator):
+    """The training generator returned by :func:`train`.
+
+    Iterate it (or ``yield from`` it) for :class:`TrainEvent` s; its return value is the
+    :class:`TrainResult`. Between events, ``model`` is the network being trained (on the
+    training device, in train mode) and ``normalization``/``class_values``/``device`` describe
+    how to apply it, so a caller can preview predictions on a *copy* of it while it trains.
+    """
+
+    def __init__(self, setup: _Setup) -> None:
+        self._setup = setup
+        self._gen = _run(setup)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._setup.model
+
+    @property
+    def normalization(self) -> Normalization:
+        return self._setup.data.normalization
+
+    @property
+    def class_values(self) -> tuple[int, ...]:
+        return self._setup.data.class_values
+
+    @property
+    def device(self) -> torch.device:
+        return self._setup.device
+
+    def send(self, value: Any) -> TrainEvent:
+        return self._gen.send(value)
+
+    def throw(self, *args: Any) -> TrainEvent:  # noqa: D102 - generator protocol
+        return self._gen.throw(*args)
+
+    def close(self) -> None:
+        self._gen.close()
 
 
 def fit(

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxL
 
 from ..inference import InferenceConfig, predict
 from ..io import SavedModel
-from ..training import TrainEvent, TrainResult, train
+from ..training import TrainEvent, TrainResult, TrainRun, train
 from . import _common, _files
 from ._common import LayerPicker, current_index, put_output
 from ._plot import LinePlot
@@ -43,16 +43,9 @@ class Preview(NamedTuple):
     labels: np.ndarray
 
 
-def _live_state(gen: Generator) -> Any:
-    """The running training loop's setup (model, data), read from its suspended frame.
-
-    :func:`napari_unetseg.training.train` yields only numbers; the preview needs the weights
-    being trained. They are the ``s`` argument of the loop's generator frame. Returns None if
-    that is not available (the preview is then skipped, training is unaffected).
-    """
-    frame = getattr(gen, "gi_frame", None)
-    state = None if frame is None else frame.f_locals.get("s")
-    return state if hasattr(state, "model") and hasattr(state, "data") else None
+def _live_state(gen: Generator) -> TrainRun | None:
+    """The running training (a :class:`~napari_unetseg.training.TrainRun`), or None."""
+    return gen if isinstance(gen, TrainRun) else None
 
 
 def _preview(gen: Generator, image: np.ndarray, z: int, step: int) -> Preview | None:
@@ -63,11 +56,11 @@ def _preview(gen: Generator, image: np.ndarray, z: int, step: int) -> Preview | 
     z = int(np.clip(z, 0, image.shape[0] - 1)) if image.ndim == 3 else 0
     plane = np.asarray(image[z] if image.ndim == 3 else image)
     try:
-        result = predict(copy.deepcopy(state.model), plane, normalization=state.data.normalization,
+        result = predict(copy.deepcopy(state.model), plane, normalization=state.normalization,
                          config=InferenceConfig(device=str(state.device), batch_size=4))
     except (RuntimeError, ValueError):  # e.g. out of GPU memory: skip this preview, keep training
         return None
-    return Preview(step, z, _common.class_lut(state.data.class_values)[np.asarray(result.labels)])
+    return Preview(step, z, _common.class_lut(state.class_values)[np.asarray(result.labels)])
 
 
 def train_with_preview(
