@@ -69,6 +69,19 @@ def test_instances_give_fg_target_and_weight_map():
     assert d.weight.max() > 2 * np.median(d.weight)  # border term between close objects
 
 
+def test_touching_instances_contact_is_background_with_high_weight():
+    inst = np.zeros((40, 40), np.int32)
+    inst[8:32, 4:20] = 1
+    inst[8:32, 20:36] = 2  # touches object 1 along x = 19/20, no gap
+    image = inst.astype(np.float32)
+    d = prepare_data(image, inst, labels_mode="instances", val_fraction=0, w0=10, sigma=5)
+    t, w = d.train_target[0], d.weight[0]
+    contact = t[8:32, 19:21]
+    assert (contact == 0).all()  # separated: the contact line is background
+    interior = w[8:32, 8:14]
+    assert w[12:28, 19:21].min() > 5 * interior.max()  # and weighs most (U-Net eq. 2)
+
+
 @pytest.mark.parametrize(
     ("labels", "kwargs", "match"),
     [

@@ -143,7 +143,9 @@ def _targets(
     for i, inst in enumerate(lab):
         if inst.any():
             target[i] = np.asarray(instance_targets(inst), dtype=np.int16)
-            weight[i] = weight_map(inst, w0=w0, sigma=sigma)
+            # the weight map sees the separated objects: contact pixels that the target turned
+            # into background get the class-balance weight of background plus the border term
+            weight[i] = weight_map(np.where(target[i] > 0, inst, 0), w0=w0, sigma=sigma)
     if not (target >= 0).any():
         raise ValueError("instance labels contain no object (all zero)")
     return target, weight, (0, 1)
