@@ -99,8 +99,9 @@ def main() -> None:
     image, labels = load(args.data)
     train_img, train_lab = image[:25], labels[:25]
     test_img, test_gt = image[25:30], labels[25:30]
-    base = dict(batch_size=args.batch, patch_size=args.patch, device=args.device, seed=0,
-                loss=args.loss, val_slices=(23, 24), amp=args.device.startswith("cuda"))
+    base = {"batch_size": args.batch, "patch_size": args.patch, "device": args.device,
+            "seed": 0, "loss": args.loss, "val_slices": (23, 24),
+            "amp": args.device.startswith("cuda")}
     rows = []
     for arch in args.archs.split(","):
         cfg = ModelConfig(arch=arch, depth=args.depth, width=args.width)

@@ -37,8 +37,9 @@ import torch.nn.functional as F
 
 from napari_unetseg.augment import AugmentConfig
 from napari_unetseg.config import ModelConfig
-from napari_unetseg.data import PatchSampler, prepare_data
+from napari_unetseg.data import prepare_data
 from napari_unetseg.models import build_model
+from napari_unetseg.sampler import PatchSampler
 from napari_unetseg.synthetic import touching_cells
 from napari_unetseg.training import TrainConfig, resolve_device, train
 

@@ -56,7 +56,7 @@ def test_round_trip_train_predict_evaluate(em_files, capsys):
                  "--device", "cpu"]) == 0
     prob = tifffile.imread(d / "prob.tif")
     assert prob.shape == (1, 192, 160) and prob.dtype == np.float32
-    assert 0.0 <= prob.min() and prob.max() <= 1.0
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
     capsys.readouterr()
 
     assert main(["evaluate", str(d / "pred.tif"), str(d / "lab.tif"), "--slices", "2:3"]) == 0

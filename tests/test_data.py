@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unetseg.data import IGNORE, PatchSampler, as_stack, prepare_data
+from napari_unetseg.data import IGNORE, as_stack, prepare_data
 from napari_unetseg.normalize import Normalization
+from napari_unetseg.sampler import PatchSampler
 
 
 def _discs(shape=(48, 48), seed=0, n=6):

@@ -292,6 +292,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- gui
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    try:
+        from ._widgets.launch import main as launch_napari
+    except ImportError as e:
+        raise CliError(f"napari is not installed ({e}); pip install 'napari[all]'") from e
+    widgets = [w.strip() for w in args.widgets.split(",") if w.strip()]
+    launch_napari(sample=not args.no_sample, widgets=widgets)
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -359,6 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--width", type=int, default=8)
     d.add_argument("--device", default="auto")
     d.set_defaults(func=cmd_demo)
+
+    g = sub.add_parser("gui", help="open napari with the EM sample and the widgets docked")
+    g.add_argument("--no-sample", action="store_true", help="do not open the EM sample")
+    g.add_argument("--widgets", default="Train,Segment",
+                   help="comma-separated: Train, Segment, Weight map preview, UNet++ levels")
+    g.set_defaults(func=cmd_gui)
     return p
 
 

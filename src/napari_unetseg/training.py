@@ -25,9 +25,10 @@ import torch
 
 from .augment import augment_batch
 from .config import ModelConfig
-from .data import PatchSampler, TrainingData, prepare_data
+from .data import TrainingData, prepare_data
 from .devices import resolve_device
 from .normalize import Normalization
+from .sampler import PatchSampler
 from .train_config import TrainConfig, TrainEvent, TrainResult
 
 __all__ = [
