@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 import torch
 
-from napari_unetseg import ModelConfig, describe
+from napari_unetseg import ModelConfig, describe, presets
 from napari_unetseg.cli import evaluate_arrays
 from napari_unetseg.inference import InferenceConfig, predict
 from napari_unetseg.training import TrainConfig, fit
@@ -80,6 +80,8 @@ def main() -> None:
     p.add_argument("--data", type=Path)
     p.add_argument("--archs", default="unet,unetpp,resunet")
     p.add_argument("--minutes", type=float, default=3.0, help="training budget per architecture")
+    p.add_argument("--preset", choices=list(presets.PRESETS),
+                   help="train with a preset's fixed settings instead of a time budget")
     p.add_argument("--device", default="auto")
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--width", type=int, default=32)
@@ -96,18 +98,29 @@ def main() -> None:
     if args.small:
         args.width, args.depth, args.patch, args.batch = 8, 3, 128, 4
         args.minutes = min(args.minutes, 0.5)
+    extra: dict = {}
+    if args.preset:
+        model_kw, train_kw = presets.split(presets.preset(args.preset))
+        args.depth, args.width = model_kw["depth"], model_kw["width"]
+        args.patch, args.batch = train_kw["patch_size"], train_kw["batch_size"]
+        extra = {"iterations": train_kw["iterations"]}
     image, labels = load(args.data)
     train_img, train_lab = image[:25], labels[:25]
     test_img, test_gt = image[25:30], labels[25:30]
     base = {"batch_size": args.batch, "patch_size": args.patch, "device": args.device,
             "seed": 0, "loss": args.loss, "val_slices": (23, 24),
-            "amp": args.device.startswith("cuda")}
+            "amp": args.device.startswith("cuda"), **extra}
     rows = []
     for arch in args.archs.split(","):
         cfg = ModelConfig(arch=arch, depth=args.depth, width=args.width)
         info = describe(cfg)
-        result, iters, train_s = train_budgeted(train_img, train_lab, cfg, base,
-                                                args.minutes * 60)
+        if args.preset:
+            t0 = time.perf_counter()
+            result = fit(train_img, train_lab, cfg, TrainConfig(**base), labels_mode="dense")
+            iters, train_s = result.metadata["steps"], time.perf_counter() - t0
+        else:
+            result, iters, train_s = train_budgeted(train_img, train_lab, cfg, base,
+                                                    args.minutes * 60)
         levels = ["accurate", *range(1, args.depth + 1)] if arch == "unetpp" else [None]
         for level in levels:
             s = score(result, test_img, test_gt, level, args)

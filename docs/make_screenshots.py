@@ -73,9 +73,10 @@ def main() -> None:
     train.image_picker.set_layer(image.name)
     train.labels_picker.set_layer(scribbles.name)
     form = train.form
-    form.preset.setCurrentText("fast, CPU friendly") if hasattr(form, "preset") else None
+    form.preset.setCurrentText("fast, CPU friendly")
     form.arch.setCurrentText("UNet++")
-    form.iterations.setValue(300)
+    form.iterations.setValue(150)
+    form.patch.setValue(128)
     form.device.setCurrentText("cpu")
     train.train_button.click()
     wait(train)
@@ -96,7 +97,7 @@ def main() -> None:
     inst = np.stack([measure.label(s == 2, connectivity=1) for s in truth]).astype(np.int32)
     cells = viewer.add_labels(inst, name="cells (instances)", opacity=0.3)
     _, wm = viewer.window.add_plugin_dock_widget("napari-unetseg", "Weight map preview")
-    wm.labels_picker.set_layer(cells.name) if hasattr(wm, "labels_picker") else None
+    wm.labels_picker.set_layer(cells.name)
     pump(1.5)
     shot(viewer, "weightmap.png")
     viewer.layers.remove(cells)
@@ -107,9 +108,8 @@ def main() -> None:
     _, lv = viewer.window.add_plugin_dock_widget("napari-unetseg", "UNet++ levels")
     lv.image_picker.set_layer(image.name)
     lv.gt_picker.set_layer(gt.name)
-    if hasattr(lv, "measure_button"):
-        lv.measure_button.click()
-        wait(lv)
+    lv.measure_button.click()
+    wait(lv)
     lv.slider.setValue(1)
     pump(3.0)
     shot(viewer, "levels.png")

@@ -80,6 +80,19 @@ def test_full_probabilities_have_class_axis(em_files, capsys):
     np.testing.assert_allclose(prob.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_instances_output(em_files, capsys):
+    d = em_files
+    if not (d / "m.unetseg").exists():
+        pytest.skip("needs the round-trip model")
+    assert main(["predict", str(d / "m.unetseg"), str(d / "img.tif"), "-o", str(d / "inst.tif"),
+                 "--output", "instances", "--device", "cpu"]) == 0
+    inst = tifffile.imread(d / "inst.tif")
+    assert inst.shape == (3, 192, 160) and inst.dtype == np.int32
+    prob = tifffile.imread(d / "allprob.tif")[:, 1] if (d / "allprob.tif").exists() else None
+    if prob is not None:  # objects are exactly the connected pixels of p(cell) >= 0.5
+        assert ((inst > 0) == (prob >= 0.5)).all()
+
+
 def test_existing_output_is_not_overwritten(em_files, capsys):
     d = em_files
     target = d / "keep.tif"

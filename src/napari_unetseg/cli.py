@@ -92,7 +92,7 @@ def _read(path: str) -> np.ndarray:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import ModelConfig
+    from . import ModelConfig, presets
     from .io import save_model
     from .training import TrainConfig, train
 
@@ -111,14 +111,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         resume = load_model(args.resume)
         model_cfg = resume.config
-    else:
+    model_kw, train_kw = presets.split(presets.preset(args.preset))
+    for key in ("depth", "width"):
+        if getattr(args, key) is not None:
+            model_kw[key] = getattr(args, key)
+    for key in ("iterations", "batch_size", "patch_size"):
+        if getattr(args, key) is not None:
+            train_kw[key] = getattr(args, key)
+    if not args.resume:
         model_cfg = ModelConfig(
-            arch=args.arch, depth=args.depth, width=args.width, classes=args.classes or 2,
+            arch=args.arch, classes=args.classes or _count_classes(labels, args.labels_mode),
             in_channels=1 if args.channel_axis is None else image.shape[args.channel_axis],
+            **model_kw,
         )
     train_cfg = TrainConfig(
-        iterations=args.iterations, batch_size=args.batch_size, patch_size=args.patch_size,
-        lr=args.lr, loss=args.loss, device=args.device, seed=args.seed,
+        lr=args.lr, loss=args.loss, device=args.device, seed=args.seed, **train_kw,
         **({"optimizer": args.optimizer} if args.optimizer else {}),
     )
     bar = Progress("train")
@@ -146,6 +153,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                overwrite=args.overwrite)
     print(json.dumps({"model": str(out), **_summary(result.metadata)}))
     return 0
+
+
+def _count_classes(labels: np.ndarray, mode: str) -> int:
+    """Classes the labels define: sparse 1..K -> K; dense -> distinct values; instances -> 2."""
+    if mode == "instances":
+        return 2
+    if mode == "sparse":
+        return max(2, int(np.max(labels)))
+    return max(2, len(np.unique(labels)))
 
 
 def _summary(meta: dict[str, Any]) -> dict[str, Any]:
@@ -198,6 +214,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         lut = np.asarray(saved.class_values)
         dtype = np.uint8 if lut.min() >= 0 and lut.max() < 256 else np.int32
         data = lut[np.asarray(res.labels)].astype(dtype)
+    elif args.output_kind == "instances":
+        data = _instances(res.probabilities, saved, args)
     else:
         data = np.asarray(res.probabilities, dtype=np.float32)
         if args.class_index is not None:
@@ -209,6 +227,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(json.dumps({"output": str(out), "shape": list(data.shape), "dtype": str(data.dtype),
                       "seconds": round(float(res.seconds), 3)}))
     return 0
+
+
+def _instances(probabilities: Any, saved, args: argparse.Namespace) -> np.ndarray:
+    """Objects of the foreground class (``--class``, default the last) per slice."""
+    from .postprocess import instances_from_probs
+
+    k = saved.config.classes - 1 if args.class_index is None else args.class_index
+    if not 0 <= k < saved.config.classes:
+        raise CliError(f"--class must be in 0..{saved.config.classes - 1}, got {k}")
+    probs = np.asarray(probabilities, dtype=np.float32)
+    fg = probs[:, k] if probs.ndim == 4 else probs[k]
+    if fg.ndim == 2:
+        return instances_from_probs(fg, split_touching=args.split_touching)
+    return np.stack([instances_from_probs(p, split_touching=args.split_touching) for p in fg])
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -323,12 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", default="unet", choices=["unet", "unetpp", "resunet"])
     t.add_argument("--labels-mode", default="dense", choices=["sparse", "dense", "instances"])
     t.add_argument("--slices", help="slices of the stack to train on, e.g. 0:25")
-    t.add_argument("--iterations", type=int, default=500)
-    t.add_argument("--depth", type=int, default=4)
-    t.add_argument("--width", type=int, default=32)
+    t.add_argument("--preset", default="fast", choices=["fast", "paper"],
+                   help="fast: small network for a CPU (default); paper: width 64, for a GPU")
+    t.add_argument("--iterations", type=int, default=None, help="default: from the preset")
+    t.add_argument("--depth", type=int, default=None)
+    t.add_argument("--width", type=int, default=None)
     t.add_argument("--classes", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--patch-size", type=int, default=256)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--patch-size", type=int, default=None)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--loss", default="ce", choices=["ce", "wce", "dice", "bce_dice"])
     t.add_argument("--optimizer", choices=["adam", "sgd"])
@@ -348,10 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tile", type=int, default=256)
     r.add_argument("--overlap", type=float, default=0.125)
     r.add_argument("--slices")
-    r.add_argument("--output", dest="output_kind", choices=["probabilities", "labels"],
-                   default="labels",
+    r.add_argument("--output", dest="output_kind",
+                   choices=["probabilities", "labels", "instances"], default="labels",
                    help="labels: argmax in the training label values; probabilities: float32 "
-                        "(Z, C, Y, X), or (Z, Y, X) with --class K")
+                        "(Z, C, Y, X), or (Z, Y, X) with --class K; instances: connected "
+                        "objects of the foreground class (--class K, default the last)")
+    r.add_argument("--split-touching", action="store_true",
+                   help="instances: split touching objects by a distance-transform watershed")
     r.add_argument("--device", default="auto")
     r.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     r.add_argument("--class", dest="class_index", type=int, default=None)

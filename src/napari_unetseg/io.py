@@ -19,8 +19,10 @@ import contextlib
 import io as _io
 import json
 import os
+import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ FORMAT_NAME = "napari-unetseg-model"
 FORMAT_VERSION = 1
 MODEL_SUFFIX = ".unetseg"
 _MAX_JSON_BYTES = 1 << 20
+_MAX_DEFLATE_RATIO = 1100  # deflate never expands data more than ~1032-fold
 
 
 class ModelFileError(ValueError):
@@ -65,7 +68,10 @@ def atomic_write(path: str | os.PathLike, overwrite: bool = False) -> Iterator[I
     """
     path = Path(path)
     _check_writable_target(path, overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except PermissionError as e:
+        raise PermissionError(e.errno, f"no permission to write in {path.parent}") from e
     try:
         os.close(fd)
         with open(tmp, "wb") as fh:  # a named handle (tifffile looks at fh.name)
@@ -191,9 +197,11 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> SavedModel:
         if e.errno:  # a real I/O error (permission, disk): report it as such
             raise
         raise ModelFileError(f"{path} is not a readable napari-unetseg model file: {e}") from e
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, KeyError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, KeyError, zlib.error,
+            struct.error) as e:
         raise ModelFileError(f"{path} is not a readable napari-unetseg model file: {e}") from e
-    except (ValueError, TypeError, RuntimeError, NotImplementedError, OverflowError) as e:
+    except (ValueError, TypeError, RuntimeError, NotImplementedError, OverflowError,
+            RecursionError) as e:
         raise ModelFileError(f"{path} is a damaged napari-unetseg model file: {e}") from e
     model.to(device).eval()
     return SavedModel(
@@ -254,11 +262,15 @@ def _build_and_fill(zf: zipfile.ZipFile, config: ModelConfig, header: dict, path
 
     from .models import build_model
 
-    model = build_model(config)
-    expected = model.state_dict()
+    with torch.device("meta"):  # sizes only: nothing is allocated yet
+        expected = build_model(config).state_dict()
     declared = header.get("tensors")
     if not isinstance(declared, dict) or set(declared) != set(expected):
         raise ModelFileError(f"{path}: its tensors do not match the network its config describes")
+    need = sum(t.numel() * t.element_size() for t in expected.values())
+    if need > _MAX_DEFLATE_RATIO * path.stat().st_size:
+        raise ModelFileError(f"{path}: its config declares a network of {need} bytes, more than "
+                             f"a file of {path.stat().st_size} bytes can hold")
     loaded = {}
     for name, ref in expected.items():
         try:
@@ -268,19 +280,39 @@ def _build_and_fill(zf: zipfile.ZipFile, config: ModelConfig, header: dict, path
         limit = ref.numel() * 8 + 4096  # header + at most 8 bytes an element
         if info.file_size > limit:
             raise ModelFileError(f"{path}: tensor {name!r} is larger than the network needs")
-        arr = np.lib.format.read_array(_io.BytesIO(zf.read(info)), allow_pickle=False)
-        if tuple(arr.shape) != tuple(ref.shape):
-            raise ModelFileError(
-                f"{path}: tensor {name!r} has shape {arr.shape}, the network needs "
-                f"{tuple(ref.shape)}"
-            )
-        if arr.dtype.kind not in "fiub":
-            raise ModelFileError(f"{path}: tensor {name!r} has unsupported dtype {arr.dtype}")
-        loaded[name] = torch.from_numpy(np.ascontiguousarray(arr)).to(ref.dtype)
+        arr = _read_npy(zf.read(info), tuple(ref.shape), f"{path}: tensor {name!r}")
+        loaded[name] = torch.from_numpy(arr).to(ref.dtype)
         if ref.is_floating_point() and not torch.isfinite(loaded[name]).all():
             raise ModelFileError(f"{path}: tensor {name!r} holds NaN or infinite values")
+    model = build_model(config)
     model.load_state_dict(loaded, strict=True)
     return model
+
+
+def _read_npy(data: bytes, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """Parse one ``.npy`` record whose header must declare ``shape`` and a numeric dtype.
+
+    The header is checked before any array is allocated (a header may declare any size), and
+    the data is never unpickled.
+    """
+    buf = _io.BytesIO(data)
+    version = np.lib.format.read_magic(buf)
+    if version == (1, 0):
+        declared, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+    elif version == (2, 0):
+        declared, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
+    else:
+        raise ModelFileError(f"{what} uses unsupported .npy version {version}")
+    if tuple(declared) != shape:
+        raise ModelFileError(f"{what} has shape {tuple(declared)}, the network needs {shape}")
+    if dtype.kind not in "fiub" or dtype.hasobject or dtype.itemsize > 8:
+        raise ModelFileError(f"{what} has unsupported dtype {dtype}")
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(data) - buf.tell() < count * dtype.itemsize:
+        raise ModelFileError(f"{what} is truncated")
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=buf.tell())
+    arr = arr.reshape(shape, order="F" if fortran else "C")
+    return np.array(arr, dtype=dtype.newbyteorder("="), order="C")  # a writable copy
 
 
 def _to_numpy(tensor: Any) -> np.ndarray:

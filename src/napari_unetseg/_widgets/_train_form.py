@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from .. import presets as core_presets
 from ..augment import AugmentConfig
 from ..config import ModelConfig
 from ..training import TrainConfig
@@ -33,9 +34,15 @@ LABELS_MODES = {
     "instances (U-Net weight map)": "instances",
 }
 #: Preset -> field values it sets. "paper": Ronneberger et al. (2015) width 64, depth 4.
+def _form_values(name: str) -> dict[str, int]:
+    v = core_presets.preset(name)
+    return {"depth": v["depth"], "width": v["width"], "iterations": v["iterations"],
+            "patch": v["patch_size"], "batch": v["batch_size"]}
+
+
 PRESETS = {
-    "fast, CPU friendly": {"depth": 3, "width": 16, "iterations": 300, "patch": 128, "batch": 4},
-    "paper": {"depth": 4, "width": 64, "iterations": 2000, "patch": 256, "batch": 4},
+    "fast, CPU friendly": _form_values("fast"),
+    "paper": _form_values("paper"),
 }
 CUSTOM = "custom"
 LOSSES = ("wce", "ce", "dice", "bce_dice")
