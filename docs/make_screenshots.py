@@ -29,7 +29,7 @@ def pump(seconds: float = 0.3) -> None:
         time.sleep(0.02)
 
 
-def wait(widget, timeout: float = 900.0) -> None:
+def wait(widget, timeout: float = 1800.0) -> None:
     from qtpy.QtWidgets import QApplication
 
     end = time.monotonic() + timeout
