@@ -96,14 +96,15 @@ def main() -> None:
             layer.visible = False
     inst = np.stack([measure.label(s == 2, connectivity=1) for s in truth]).astype(np.int32)
     cells = viewer.add_labels(inst, name="cells (instances)", opacity=0.3)
-    _, wm = viewer.window.add_plugin_dock_widget("napari-unetseg", "Weight map preview")
+    wm_dock, wm = viewer.window.add_plugin_dock_widget("napari-unetseg", "Weight map preview")
     wm.labels_picker.set_layer(cells.name)
     pump(1.5)
     shot(viewer, "weightmap.png")
-    viewer.layers.remove(cells)
+    viewer.window.remove_dock_widget(wm_dock)
     for layer in list(viewer.layers):
-        if "weight" in layer.name:
-            layer.visible = False
+        if layer is cells or "weight" in layer.name:
+            viewer.layers.remove(layer)
+    image.visible = True
 
     _, lv = viewer.window.add_plugin_dock_widget("napari-unetseg", "UNet++ levels")
     lv.image_picker.set_layer(image.name)
