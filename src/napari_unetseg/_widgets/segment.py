@@ -5,10 +5,18 @@ The result goes to two layers named after the image, ``"<image> probabilities"``
 class) and ``"<image> segmentation"`` (labels in the training label values). A re-run updates
 the layers this widget made (found by their metadata marker), never a layer the user made.
 Layers are written only when the run completes, so a cancelled run leaves nothing half-made.
+A lazy stack (dask or zarr data, e.g. ``viewer.add_image(dask.array.from_zarr(...))``) is read
+one slice at a time and, when zarr is installed, its outputs are zarr arrays in a temporary
+folder, written slice by slice, so neither the image nor the result is held whole in memory.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -183,12 +191,22 @@ class SegmentWidget(QWidget):
             return None
         z = current_index(self.viewer, image)
         one = self.scope.currentText() == "current slice" and image.ndim == 3
-        gen = segment(saved.model, image.data, normalization=saved.normalization, config=config,
-                      slices=[z] if one else None)
+        slices = [z] if one else None
         n = 1 if one or image.ndim == 2 else image.data.shape[0]
+        if image.ndim == 3 and not isinstance(image.data, np.ndarray) and find_spec("zarr"):
+            out, targets = self._lazy_outputs(image, saved, slices)
+
+            def on_result(res: SegmentResult) -> None:
+                self._write_lazy(res, image, targets, n)
+        else:
+            out = None
+
+            def on_result(res: SegmentResult) -> None:
+                self._write(res, image, saved, z if one else None, n)
+        gen = segment(saved.model, image.data, normalization=saved.normalization, config=config,
+                      slices=slices, out=out)
         self.job = Job(gen, "Segmentation", total=0, on_event=self._on_event,
-                       on_result=lambda res: self._write(res, image, saved, z if one else None, n),
-                       on_finished=self._on_finished)
+                       on_result=on_result, on_finished=self._on_finished)
         self._set_running(True)
         self.status.setText("segmenting…")
         return self.job.start()
@@ -229,9 +247,63 @@ class SegmentWidget(QWidget):
         self.status.setText(f"{n} slice(s) in {res.seconds:.2f} s "
                             f"({res.seconds / max(n, 1):.3f} s per slice)")
 
+    def _lazy_outputs(self, image: Any, saved: Any, slices: list[int] | None) -> tuple:
+        """``out`` sinks for :func:`segment` and the zarr arrays they fill, for a lazy stack.
+
+        A whole-stack run writes new arrays (the old layers stay as they were until it
+        completes); a one-slice run writes its slice into this widget's existing arrays.
+        """
+        shape, k = tuple(image.data.shape), max(self.show_class.currentIndex(), 0)
+        lut = _common.class_lut(saved.class_values)
+        targets = [_zarr_like(find_output(self.viewer, self.owner, role, image.name) if slices
+                              else None, shape, dtype)
+                   for role, dtype in (("probabilities", np.float32), ("segmentation", lut.dtype))]
+        zs = list(range(shape[0])) if slices is None else slices
+        sinks = (_Sink(targets[0], zs, (len(zs), saved.config.classes, *shape[1:]),
+                       lambda p: p[k]),
+                 _Sink(targets[1], zs, (len(zs), *shape[1:]), lambda lab: lut[lab]))
+        return sinks, targets
+
+    def _write_lazy(self, res: SegmentResult, image: Any, targets: list, n: int) -> None:
+        for (role, kind, kw), data in zip(
+            (("probabilities", "image", {"colormap": "magma", "blending": "additive",
+                                         "contrast_limits": (0.0, 1.0), "opacity": 0.6}),
+             ("segmentation", "labels", {"opacity": 0.5})), targets, strict=True):
+            layer = put_output(self.viewer, self.owner, role, image, data, kind,
+                               f"{image.name} {role}", **kw)
+            layer.refresh()
+        self.status.setText(f"{n} slice(s) in {res.seconds:.2f} s "
+                            f"({res.seconds / max(n, 1):.3f} s per slice)")
+
     def _on_finished(self, job: Job) -> None:
         self._set_running(False)
         if job.cancelled:
             self.status.setText("cancelled: output layers left as they were")
         elif job.failed is not None:
             self.status.setText(f"failed: {job.failed}")
+
+
+class _Sink:
+    """Write-only ``out`` array for :func:`segment`: result slice ``i`` goes, through ``fn``,
+    to slice ``zs[i]`` of ``target`` (a zarr array), as soon as that slice is done."""
+
+    def __init__(self, target: Any, zs: list[int], shape: tuple, fn: Callable) -> None:
+        self.target, self.zs, self.shape, self.fn = target, zs, shape, fn
+
+    def __setitem__(self, i: int, value: np.ndarray) -> None:
+        self.target[self.zs[i]] = self.fn(value)
+
+
+def _zarr_like(layer: Any, shape: tuple, dtype: Any) -> Any:
+    """The layer's zarr data if it fits, else a new zarr array in a temporary folder that is
+    removed once nothing uses the array any more."""
+    import zarr
+
+    data = None if layer is None else layer.data
+    if isinstance(data, zarr.Array) and data.shape == shape and data.dtype == dtype:
+        return data
+    folder = tempfile.mkdtemp(prefix="napari-unetseg-")
+    arr = zarr.open_array(folder, mode="w", shape=shape, dtype=dtype, fill_value=0,
+                          chunks=(1, *shape[1:]))
+    weakref.finalize(arr, shutil.rmtree, folder, True)
+    return arr
