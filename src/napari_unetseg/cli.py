@@ -88,6 +88,24 @@ def _read(path: str) -> np.ndarray:
     return read_tif(path)
 
 
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output path that cannot be written before any long work starts."""
+    from .io import _check_writable_target
+
+    if out.exists() and not out.is_dir() and not overwrite:
+        raise CliError(f"{out} already exists; pass --overwrite to replace it")
+    _check_writable_target(out, overwrite=True)  # a folder, a missing folder, no permission
+
+
+def _refuse_rgb(image: np.ndarray, channel_axis: int | None) -> None:
+    """A (Y, X, 3|4) TIFF is RGB(A), not a stack of 3-pixel-wide slices."""
+    if channel_axis is None and image.ndim == 3 and image.shape[-1] in (3, 4) and min(
+            image.shape[:2]) > image.shape[-1]:
+        raise CliError(f"image of shape {image.shape} looks like RGB(A) (Y, X, channels); "
+                       "convert it to one channel, or pass --channel-axis -1 for a model "
+                       "trained on that many channels")
+
+
 # ---------------------------------------------------------------------------- train
 
 
@@ -97,8 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise CliError(f"{out} already exists; pass --overwrite to replace it")
+    _check_output(out, args.overwrite)
     image, labels = _read(args.image), _read(args.labels)
     sl = parse_slices(args.slices)
     if sl is not None:
@@ -172,11 +189,12 @@ def _summary(meta: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- predict
 
 
-def run_prediction(saved, image: np.ndarray, cfg, show=None):
+def run_prediction(saved, image: np.ndarray, cfg, show=None, channel_axis: int | None = None):
     """Segment ``image`` with a loaded model; returns the inference result."""
     from .inference import segment
 
-    gen = segment(saved.model, image, normalization=saved.normalization, config=cfg)
+    gen = segment(saved.model, image, normalization=saved.normalization, config=cfg,
+                  channel_axis=channel_axis)
     return _drain(gen, show or (lambda ev: None))
 
 
@@ -184,11 +202,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import InferenceConfig
     from .io import load_model, write_tif
 
+    if args.scheduler or str(args.output).rstrip("/\\").endswith(".zarr"):
+        return _predict_zarr(args)
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise CliError(f"{out} already exists; pass --overwrite to replace it")
+    _check_output(out, args.overwrite)
     saved = load_model(args.model)
     image = _read(args.image)
+    _refuse_rgb(image, args.channel_axis)
     sl = parse_slices(args.slices)
     if sl is not None:
         if image.ndim < 3:
@@ -208,7 +228,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                           tta=args.tta, level=level)
     bar = Progress("predict")
     res = run_prediction(saved, image, cfg,
-                         lambda ev: bar.update(ev.done, ev.total, f"slice {ev.slice_index}"))
+                         lambda ev: bar.update(ev.done, ev.total, f"slice {ev.slice_index}"),
+                         channel_axis=args.channel_axis)
     bar.close()
     if args.output_kind == "labels":
         lut = np.asarray(saved.class_values)
@@ -226,6 +247,60 @@ def cmd_predict(args: argparse.Namespace) -> int:
     write_tif(out, data, overwrite=args.overwrite)
     print(json.dumps({"output": str(out), "shape": list(data.shape), "dtype": str(data.dtype),
                       "seconds": round(float(res.seconds), 3)}))
+    return 0
+
+
+def _predict_zarr(args: argparse.Namespace) -> int:
+    """predict -o OUT.zarr: blockwise into zarr, resumable, on a dask scheduler if given."""
+    from . import blockwise
+    from .inference import InferenceConfig
+    from .io import load_model
+
+    if not str(args.output).rstrip("/\\").endswith(".zarr"):
+        raise CliError(f"--scheduler needs a zarr output (-o OUT.zarr), got {args.output}")
+    if args.slices or args.output_kind == "instances" or args.channel_axis is not None:
+        raise CliError("--slices, --channel-axis and --output instances need a TIFF output")
+    try:
+        block = tuple(int(b) for b in args.block.split(",")) if args.block else None
+    except ValueError:
+        raise CliError(f"--block must look like 2,2048,2048, got {args.block!r}") from None
+    saved = load_model(args.model)
+    level = None if saved.config.arch != "unetpp" else (args.level or "accurate")
+    if level not in (None, "accurate"):
+        if not level.isdigit():
+            raise CliError(f"--level must be 'accurate' or 1..depth, got {level!r}")
+        level = int(level)
+    cfg = InferenceConfig(tile=args.tile, overlap=args.overlap, device=args.device,
+                          tta=args.tta, level=level)
+    src = args.image if args.image.rstrip("/\\").endswith(".zarr") else _read(args.image)
+    if isinstance(src, np.ndarray) and src.ndim == 2:
+        src = src[None]
+    kw = {"block": block, "config": cfg, "resume": not args.overwrite,
+          "probabilities": args.output_kind == "probabilities"}
+    bar, done = Progress("predict"), [0]
+
+    def show(ev: Any) -> None:
+        done[0] += ev.computed
+        bar.update(ev.done, ev.total, ev.message)
+
+    try:
+        if args.scheduler:
+            from distributed import Client
+
+            with Client(args.scheduler) as client:
+                res = _drain(blockwise.segment_volume_distributed(
+                    client, args.model, src, args.output, **kw), show)
+        else:
+            res = _drain(blockwise.segment_volume(saved, src, args.output, **kw), show)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted after {done[0]} new block(s); run the same command again to "
+              "resume", file=sys.stderr)
+        return 130
+    bar.close()
+    print(json.dumps({"output": res.store, "shape": list(res.shape), "block": list(res.block),
+                      "blocks": res.blocks, "computed": res.computed, "skipped": res.skipped,
+                      "seconds": round(res.seconds, 3)}))
     return 0
 
 
@@ -377,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("model")
     r.add_argument("image")
     r.add_argument("-o", dest="output", required=True, metavar="OUT.tif",
-                   help="TIFF file to write")
+                   help="TIFF file to write, or OUT.zarr: blockwise, resumable (see --block)")
     r.add_argument("--level", default=None, help="UNet++: accurate or 1..depth")
     r.add_argument("--tile", type=int, default=256)
     r.add_argument("--overlap", type=float, default=0.125)
@@ -391,7 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instances: split touching objects by a distance-transform watershed")
     r.add_argument("--device", default="auto")
     r.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    r.add_argument("--block", help="OUT.zarr: block (and chunk) shape Z,Y,X; default 2,2048,2048")
+    r.add_argument("--scheduler", metavar="ADDRESS",
+                   help="OUT.zarr: run the blocks on this dask scheduler (tcp://host:8786)")
     r.add_argument("--class", dest="class_index", type=int, default=None)
+    r.add_argument("--channel-axis", type=int, default=None,
+                   help="axis of the image holding channels, for a multichannel model")
     r.add_argument("--overwrite", action="store_true")
     r.set_defaults(func=cmd_predict)
 
@@ -426,11 +506,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CliError, ValueError, TypeError, OSError) as e:
-        print(f"napari-unetseg {args.command}: error: {e}", file=sys.stderr)
+        print(f"napari-unetseg {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:  # CUDA OOM is a RuntimeError; others are bugs
+        text = str(e).lower()
+        if not isinstance(e, MemoryError) and "out of memory" not in text and (
+                "out of gpu memory" not in text):
+            raise
+        print(f"napari-unetseg {args.command}: error: out of memory ({_one_line(e)[:200]}); "
+              "try a smaller --batch-size, --patch-size or --tile, or --device cpu",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"napari-unetseg {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -103,8 +103,10 @@ def as_stack(image: Any, channel_axis: int | None = None) -> np.ndarray:
 def _integer_labels(labels: Any, expected: tuple[int, ...]) -> np.ndarray:
     lab = np.asarray(labels)
     if lab.shape != expected:
+        hint = ("; if an image axis holds channels (RGB), pass channel_axis"
+                if lab.ndim + 1 == len(expected) else "")
         raise ValueError(f"labels shape {lab.shape} does not match the image shape {expected} "
-                         "(channel axis removed)")
+                         f"(channel axis removed){hint}")
     if lab.dtype == bool:
         lab = lab.astype(np.uint8)
     if lab.dtype.kind == "f":

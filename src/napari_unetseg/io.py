@@ -21,6 +21,7 @@ import json
 import os
 import struct
 import tempfile
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -178,27 +179,28 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> SavedModel:
     ------
     FileNotFoundError, IsADirectoryError
         No such file, or the path is a folder.
+    OSError
+        The file cannot be read (permission, I/O error).
     ModelFileError (a ValueError)
-        The file is corrupt, truncated, not a model file, or written by a newer format version.
+        The file is corrupt, truncated, not a model file, written by a newer format version, or
+        declares a network larger than the file can hold. Nothing else is raised for any
+        content of the file (``tests/test_fuzz_model_file.py``).
     """
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; expected a {MODEL_SUFFIX} model file")
     if not path.exists():
         raise FileNotFoundError(f"model file {path} does not exist")
+    blob = path.read_bytes()  # real I/O errors (permission, disk) surface here, as OSError
     try:
-        with zipfile.ZipFile(path, "r") as zf:
+        with zipfile.ZipFile(_io.BytesIO(blob), "r") as zf:
             header = _read_header(zf, path)
             config, normalization = _parse_header(header, path)
-            model = _build_and_fill(zf, config, header, path)
+            model = _build_and_fill(zf, config, header, path, len(blob))
     except ModelFileError:
         raise
-    except OSError as e:
-        if e.errno:  # a real I/O error (permission, disk): report it as such
-            raise
-        raise ModelFileError(f"{path} is not a readable napari-unetseg model file: {e}") from e
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, KeyError, zlib.error,
-            struct.error) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, KeyError, OSError, zlib.error,
+            struct.error) as e:  # in memory, so an OSError here is a malformed archive
         raise ModelFileError(f"{path} is not a readable napari-unetseg model file: {e}") from e
     except (ValueError, TypeError, RuntimeError, NotImplementedError, OverflowError,
             RecursionError) as e:
@@ -257,7 +259,9 @@ def _parse_header(header: dict[str, Any], path: Path) -> tuple[ModelConfig, Norm
     return config, normalization
 
 
-def _build_and_fill(zf: zipfile.ZipFile, config: ModelConfig, header: dict, path: Path) -> Any:
+def _build_and_fill(
+    zf: zipfile.ZipFile, config: ModelConfig, header: dict, path: Path, size: int
+) -> Any:
     import torch
 
     from .models import build_model
@@ -268,9 +272,9 @@ def _build_and_fill(zf: zipfile.ZipFile, config: ModelConfig, header: dict, path
     if not isinstance(declared, dict) or set(declared) != set(expected):
         raise ModelFileError(f"{path}: its tensors do not match the network its config describes")
     need = sum(t.numel() * t.element_size() for t in expected.values())
-    if need > _MAX_DEFLATE_RATIO * path.stat().st_size:
+    if need > _MAX_DEFLATE_RATIO * size:
         raise ModelFileError(f"{path}: its config declares a network of {need} bytes, more than "
-                             f"a file of {path.stat().st_size} bytes can hold")
+                             f"a file of {size} bytes can hold")
     loaded = {}
     for name, ref in expected.items():
         try:
@@ -297,12 +301,14 @@ def _read_npy(data: bytes, shape: tuple[int, ...], what: str) -> np.ndarray:
     """
     buf = _io.BytesIO(data)
     version = np.lib.format.read_magic(buf)
-    if version == (1, 0):
-        declared, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
-    elif version == (2, 0):
-        declared, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
-    else:
+    if version not in ((1, 0), (2, 0)):
         raise ModelFileError(f"{what} uses unsupported .npy version {version}")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else (
+        np.lib.format.read_array_header_2_0)
+    try:  # numpy tokenizes the header text: damaged text raises more than ValueError
+        declared, fortran, dtype = read(buf)
+    except (ValueError, TypeError, SyntaxError, tokenize.TokenError, RecursionError) as e:
+        raise ModelFileError(f"{what} has a malformed .npy header: {e}") from e
     if tuple(declared) != shape:
         raise ModelFileError(f"{what} has shape {tuple(declared)}, the network needs {shape}")
     if dtype.kind not in "fiub" or dtype.hasobject or dtype.itemsize > 8:

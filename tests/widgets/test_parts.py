@@ -8,6 +8,7 @@ import pytest
 from napari_unetseg._widgets._common import LayerPicker, class_lut
 from napari_unetseg._widgets._plot import LinePlot
 from napari_unetseg._widgets._train_form import TrainForm
+from napari_unetseg.presets import PRESETS
 
 
 def test_presets_and_configs(qtbot):
@@ -16,14 +17,17 @@ def test_presets_and_configs(qtbot):
     form.preset.setCurrentText("paper")
     assert (form.depth.value(), form.width.value()) == (4, 64)
     form.preset.setCurrentText("fast, CPU friendly")
-    assert (form.depth.value(), form.width.value()) == (3, 16)
+    fast = PRESETS["fast"]  # the core's recipe, shared with the CLI and the benchmarks
+    assert (form.depth.value(), form.width.value()) == (fast["depth"], fast["width"])
+    assert (form.patch.value(), form.iterations.value()) == (
+        fast["patch_size"], fast["iterations"])
     form.width.setValue(4)  # editing a preset field makes the preset "custom"
     assert form.preset.currentText() == "custom"
     form.arch.setCurrentText("ResUNet")
     form.labels_mode.setCurrentIndex(2)
     form.augment.setChecked(False)
     cfg = form.model_config(classes=3)
-    assert (cfg.arch, cfg.depth, cfg.width, cfg.classes) == ("resunet", 3, 4, 3)
+    assert (cfg.arch, cfg.depth, cfg.width, cfg.classes) == ("resunet", fast["depth"], 4, 3)
     tcfg = form.train_config()
     assert form.mode() == "instances" and not tcfg.augment.active
     assert tcfg.iterations == form.iterations.value() and tcfg.device == "auto"

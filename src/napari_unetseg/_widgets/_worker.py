@@ -6,16 +6,20 @@ worker: every event reaches ``on_event`` in the GUI thread and may advance a
 :class:`napari.utils.progress` bar, the return value reaches ``on_result``, an exception becomes
 one error notification, and :meth:`Job.cancel` asks the worker to stop at the next ``yield``
 (the generator is then closed, so its ``finally`` blocks run and nothing partial is returned).
+When the widget that owns a job is deleted (the viewer is closed mid-run), the job is cancelled
+and none of its callbacks runs again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
+from qtpy.QtCore import QObject
 
 from . import _common
 
@@ -41,6 +45,10 @@ class Job:
         an error).
     on_finished : callable, optional
         ``on_finished(job)`` once the worker has stopped, whatever the outcome.
+    owner : QObject, optional
+        The widget the callbacks act on (default: the object of the first callback that is a
+        bound method of a QObject). Once it is deleted the job is cancelled and the callbacks
+        are dropped, so nothing touches a deleted widget.
     """
 
     def __init__(
@@ -51,6 +59,7 @@ class Job:
         on_event: Callable[[Any], int | None] | None = None,
         on_result: Callable[[Any], None] | None = None,
         on_finished: Callable[[Job], None] | None = None,
+        owner: QObject | None = None,
     ) -> None:
         self._gen = gen
         self.description = description
@@ -72,6 +81,14 @@ class Job:
         self.worker.yielded.connect(self._yielded)
         self.worker.returned.connect(self._returned)
         self.worker.finished.connect(self._finished)
+        if owner is None:
+            owner = next((cb.__self__ for cb in (on_event, on_result, on_finished)
+                          if isinstance(getattr(cb, "__self__", None), QObject)), None)
+        self._owner = None if owner is None else weakref.ref(owner)
+        me = weakref.ref(self)  # the connection must not keep a finished job (and its data) alive
+        self._owner_slot = lambda *_: (job := me()) is not None and job._owner_gone()
+        if owner is not None:
+            owner.destroyed.connect(self._owner_slot)
 
     def start(self) -> Job:
         """Start the worker thread; returns self."""
@@ -82,6 +99,11 @@ class Job:
         """Ask the worker to stop at the generator's next ``yield``."""
         self.cancelled = True
         self.worker.quit()
+
+    def _owner_gone(self) -> None:
+        self._on_event = self._on_result = self._on_finished = None
+        if self.running:
+            self.cancel()
 
     @property
     def running(self) -> bool:
@@ -108,6 +130,10 @@ class Job:
 
     def _finished(self) -> None:
         self._gen.close()  # a cancelled generator runs its finally blocks now
+        owner = None if self._owner is None else self._owner()
+        if owner is not None:
+            with contextlib.suppress(TypeError, RuntimeError):  # RuntimeError: already deleted
+                owner.destroyed.disconnect(self._owner_slot)
         if self.bar is not None:
             self.bar.close()
             self.bar = None
