@@ -100,12 +100,18 @@ def main() -> None:
     wm.labels_picker.set_layer(cells.name)
     pump(1.5)
     shot(viewer, "weightmap.png")
+    wm.timer.stop()
     viewer.window.remove_dock_widget(wm_dock)
+    viewer.layers.remove(cells)
+    pump(1.0)  # let a pending preview finish before clearing the weight-map layers
     for layer in list(viewer.layers):
-        if layer is cells or "weight" in layer.name:
+        if "weight" in layer.name:
             viewer.layers.remove(layer)
     image.visible = True
 
+    for widget in (train, seg):  # keep the window at screen height
+        viewer.window.remove_dock_widget(widget)
+    pump(0.5)
     _, lv = viewer.window.add_plugin_dock_widget("napari-unetseg", "UNet++ levels")
     lv.image_picker.set_layer(image.name)
     lv.gt_picker.set_layer(gt.name)
@@ -113,6 +119,8 @@ def main() -> None:
     wait(lv)
     lv.slider.setValue(1)
     pump(3.0)
+    for layer in list(viewer.layers):  # only the image and the level output on screen
+        layer.visible = layer is image or "level output" in layer.name
     shot(viewer, "levels.png")
     viewer.close()
 
