@@ -52,7 +52,7 @@ def main() -> None:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             best = min(best, (time.perf_counter() - t0) / args.slices)
-        key = level if level == "accurate" else int(level)
+        key = level if level == "accurate" else int(level) - 1
         params = info["params"] if level == "accurate" else info["params_by_level"][key]
         flops = (info["flops_per_pixel"] if level == "accurate"
                  else info["flops_per_pixel_by_level"][key])
