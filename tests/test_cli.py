@@ -127,3 +127,15 @@ def test_parse_slices():
     assert parse_slices("0:25") == slice(0, 25)
     assert parse_slices("7") == slice(7, 8)
     assert parse_slices(None) is None
+
+
+def test_demo_trains_segments_and_scores(capsys):
+    """The README's headless main job, with tiny settings."""
+    assert main(["demo", "--iterations", "3", "--depth", "2", "--width", "4",
+                 "--patch-size", "64", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    scores = json.loads(captured.out)
+    for key in ("pixel_error", "dice", "v_rand", "v_info", "train_seconds", "segment_seconds"):
+        assert key in scores
+    assert 0.0 <= scores["v_rand"] <= 1.0 and 0.0 <= scores["pixel_error"] <= 1.0
+    assert "training on 6, scoring on the last 2" in captured.err

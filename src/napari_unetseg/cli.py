@@ -377,7 +377,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"sample: ISBI 2012 EM, {image.shape[0]} slices of {image.shape[1]}x{image.shape[2]}; "
           f"training on {n_train}, scoring on the last 2", file=sys.stderr)
     model_cfg = ModelConfig(arch=args.arch, depth=args.depth, width=args.width)
-    train_cfg = TrainConfig(iterations=args.iterations, batch_size=4, patch_size=128,
+    train_cfg = TrainConfig(iterations=args.iterations, batch_size=4, patch_size=args.patch_size,
                             device=args.device, seed=0, loss="ce")
     bar = Progress("train")
     result = _drain(
@@ -417,6 +417,8 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import presets
+
     p = argparse.ArgumentParser(
         prog="napari-unetseg",
         description="Train and apply U-Net / UNet++ / residual U-Net segmentation models.",
@@ -484,10 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="train briefly on the bundled EM sample and score it")
-    d.add_argument("--iterations", type=int, default=150)
+    fast = presets.preset("fast")
+    d.add_argument("--iterations", type=int, default=300)
     d.add_argument("--arch", default="unet", choices=["unet", "unetpp", "resunet"])
-    d.add_argument("--depth", type=int, default=3)
-    d.add_argument("--width", type=int, default=8)
+    d.add_argument("--depth", type=int, default=fast["depth"])
+    d.add_argument("--width", type=int, default=fast["width"])
+    d.add_argument("--patch-size", type=int, default=fast["patch_size"])
     d.add_argument("--device", default="auto")
     d.set_defaults(func=cmd_demo)
 
