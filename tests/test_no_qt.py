@@ -28,7 +28,7 @@ def test_import_loads_no_gui_module():
 CORE_MODULES = [
     "config", "normalize", "models", "weightmap", "losses", "metrics", "synthetic", "tiling",
     "inference", "augment", "data", "training", "train_config", "devices", "postprocess", "io",
-    "cli", "_sample_data", "sampler",
+    "cli", "_sample_data", "sampler", "blockwise", "cluster",
 ]
 
 

@@ -13,7 +13,9 @@ Each block is predicted with exactly the tiles that the in-memory overlap-tile i
 slice, read from the input with their halo (up to one tile plus the model's margin beyond the
 block, mirror-padded at the volume border as the tiler does) and blended with the same window,
 so the result equals :func:`napari_unetseg.inference.predict` on the whole volume, without
-seams between blocks.
+seams between blocks. The ``dask.distributed`` variants are in :mod:`napari_unetseg.cluster`
+(also reachable here as ``blockwise.segment_volume_distributed`` /
+``predict_volume_distributed``).
 """
 
 from __future__ import annotations
@@ -43,9 +45,7 @@ __all__ = [
     "VolumeResult",
     "load_counts",
     "predict_volume",
-    "predict_volume_distributed",
     "segment_volume",
-    "segment_volume_distributed",
 ]
 
 #: Default block (z, y, x): two slices of 2048 x 2048 (about 100 MB of work memory on CPU).
@@ -397,80 +397,10 @@ def predict_volume(model: Any, input: Any, output_store: Any, **kwargs: Any) -> 
     return drain(segment_volume(model, input, output_store, **kwargs))
 
 
-# ---------------------------------------------------------------------------- distributed
+def __getattr__(name: str) -> Any:
+    # The dask.distributed variants live in .cluster (imported on first use).
+    if name in ("segment_volume_distributed", "predict_volume_distributed"):
+        from . import cluster
 
-
-def _block_task(idx: tuple, *, model: str, source: Any, store: Any, config: InferenceConfig,
-                probabilities: bool) -> tuple[tuple, float, str]:
-    """One block on a worker: the model file is loaded once per worker (see :func:`_load`)."""
-    import zarr
-
-    t = time.perf_counter()
-    image, group = _open_input(source), zarr.open_group(store, mode="r+")
-    runner = _Runner(_load(model), image, config)
-    block = tuple(group.attrs[_FORMAT]["block"])
-    bounds = _bounds(idx, block, tuple(image.shape))
-    _write(group, idx, bounds, *runner.block(image, bounds, probabilities))
-    return idx, time.perf_counter() - t, _worker_name()
-
-
-def _shared(path: str | os.PathLike) -> str:
-    """An absolute path (workers may run elsewhere), or a URL such as ``s3://...`` as is."""
-    text = str(path)
-    return text if "://" in text else str(Path(text).resolve())
-
-
-def segment_volume_distributed(
-    client: Any,
-    model: str | os.PathLike,
-    input: Any,
-    output_store: str | os.PathLike,
-    *,
-    block: Sequence[int] | None = None,
-    config: InferenceConfig | None = None,
-    probabilities: bool = False,
-    resume: bool = True,
-) -> Generator[BlockEvent, None, VolumeResult]:
-    """:func:`segment_volume` with every block a task on a ``dask.distributed`` cluster.
-
-    ``client`` is a ``distributed.Client`` (``Client("tcp://host:8786")`` or a
-    ``LocalCluster``). ``model`` must be a model file and ``output_store`` a path (or URL)
-    that every worker can reach; ``input`` a zarr path on shared storage, or an array that is
-    sent to the workers (numpy arrays are scattered once). Each worker loads the model once
-    and writes its blocks' chunks itself; events come as blocks finish (in any order), and
-    closing the generator cancels the blocks not yet started. Arguments as
-    :func:`segment_volume`.
-    """
-    from distributed import as_completed
-
-    if not isinstance(model, (str, os.PathLike)) or not isinstance(output_store,
-                                                                    (str, os.PathLike)):
-        raise TypeError("model and output_store must be paths the workers can open, got "
-                        f"{type(model).__name__} and {type(output_store).__name__}")
-    t0 = time.perf_counter()
-    model, store = _shared(model), _shared(output_store)
-    runner, image, _, block, n, todo = _setup(
-        model, input, store, block, config, probabilities, resume)
-    runner.restore()
-    source = _shared(input) if isinstance(input, (str, os.PathLike)) else input
-    if isinstance(source, np.ndarray):
-        source = client.scatter(source, broadcast=True)
-    futures = client.map(_block_task, todo, model=model, source=source, store=store,
-                         config=runner.config, probabilities=probabilities, pure=False)
-    done0, computed = n - len(todo), 0
-    try:
-        for fut in as_completed(futures):
-            idx, dt, worker = fut.result()
-            computed += 1
-            yield BlockEvent(done0 + computed, n, idx, True, dt,
-                             f"block {idx} {done0 + computed}/{n} on {worker}: {dt:.2f} s",
-                             worker)
-    finally:
-        client.cancel([f for f in futures if not f.done()])
-    return _result(store, image, block, runner, n, computed, t0)
-
-
-def predict_volume_distributed(client: Any, model: Any, input: Any, output_store: Any,
-                               **kwargs: Any) -> VolumeResult:
-    """:func:`segment_volume_distributed` run to the end (same arguments)."""
-    return drain(segment_volume_distributed(client, model, input, output_store, **kwargs))
+        return getattr(cluster, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
