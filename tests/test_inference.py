@@ -360,3 +360,16 @@ def test_cuda_valid_unet_tiled_equals_untiled(monkeypatch):
     cfg = InferenceConfig(tile=64, overlap=0.25, device="cuda", amp="off")
     res = predict(model, img[0], normalization=IDENTITY, config=cfg)
     assert np.abs(res.probabilities - untiled(model.cpu(), img)).max() < 1e-4
+
+
+def test_class_lut_maps_classes_to_training_values():
+    from napari_unetseg.postprocess import class_lut
+
+    np.testing.assert_array_equal(class_lut([0, 255])[np.array([1, 0, 1])], [255, 0, 255])
+    assert class_lut([0, 255]).dtype == np.uint8
+    assert class_lut([1, 2, 300]).dtype == np.uint16
+    assert class_lut([-3, 7]).dtype == np.int32
+    np.testing.assert_array_equal(class_lut([9], classes=1), [0, 9])  # sigmoid: 0 / 1
+    np.testing.assert_array_equal(class_lut([], classes=3), [0, 1, 2])
+    with pytest.raises(ValueError, match="3 classes but 2 class values"):
+        class_lut([0, 1], classes=3)

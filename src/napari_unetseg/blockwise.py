@@ -37,6 +37,7 @@ import torch
 from .devices import drain
 from .inference import InferenceConfig, _auto_batch, _Chunked, _make_predictor, _prepare
 from .io import SavedModel, load_model
+from .postprocess import class_lut
 from .tiling import blend_window
 
 __all__ = [
@@ -134,17 +135,6 @@ def _fingerprint(saved: SavedModel, config: InferenceConfig) -> dict[str, Any]:
             "class_values": [int(v) for v in saved.class_values], "inference": inf}
 
 
-def _class_lut(values: Sequence[int], classes: int) -> np.ndarray:
-    """Class index -> label value (a one-class sigmoid model predicts 0 or its value)."""
-    vals = [int(v) for v in values] or list(range(1, 2) if classes == 1 else range(classes))
-    if len(vals) != classes:
-        raise ValueError(f"the model has {classes} classes but {len(vals)} class values")
-    lut = np.asarray([0, vals[0]] if classes == 1 else vals, dtype=np.int64)
-    lo, hi = int(lut.min()), int(lut.max())
-    dtype = np.uint8 if lo >= 0 and hi < 256 else np.uint16 if lo >= 0 and hi < 65536 else np.int32
-    return lut.astype(dtype)
-
-
 # ---------------------------------------------------------------------------- geometry
 
 
@@ -196,7 +186,7 @@ class _Runner:
                      for n, pw in zip(plan.shape, plan.pad_width, strict=True)]
         # a tile touching a block reads at most this far beyond its edge
         self.halo = (plan.tile[0] - plan.margin - 1, plan.tile[1] - plan.margin - 1)
-        self.lut = _class_lut(saved.class_values, job.classes)
+        self.lut = class_lut(saved.class_values, job.classes)
 
     def restore(self) -> None:
         self.saved.model.train(self.was_training)

@@ -11,11 +11,13 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .devices import drain
 
 log = logging.getLogger("napari_unetseg")
 
@@ -72,14 +74,6 @@ class Progress:
         if self._tty:
             self.stream.write("\n")
             self.stream.flush()
-
-
-def _drain(gen: Generator, on_event) -> Any:
-    try:
-        while True:
-            on_event(next(gen))
-    except StopIteration as stop:
-        return stop.value
 
 
 def _read(path: str) -> np.ndarray:
@@ -158,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.update(ev.step, train_cfg.iterations, extra)
 
     try:
-        result = _drain(gen, show)
+        result = drain(gen, show)
     except KeyboardInterrupt:
         bar.close()
         gen.close()
@@ -195,7 +189,7 @@ def run_prediction(saved, image: np.ndarray, cfg, show=None, channel_axis: int |
 
     gen = segment(saved.model, image, normalization=saved.normalization, config=cfg,
                   channel_axis=channel_axis)
-    return _drain(gen, show or (lambda ev: None))
+    return drain(gen, show or (lambda ev: None))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -232,9 +226,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          channel_axis=args.channel_axis)
     bar.close()
     if args.output_kind == "labels":
-        lut = np.asarray(saved.class_values)
-        dtype = np.uint8 if lut.min() >= 0 and lut.max() < 256 else np.int32
-        data = lut[np.asarray(res.labels)].astype(dtype)
+        from .postprocess import class_lut
+
+        data = class_lut(saved.class_values, saved.config.classes)[np.asarray(res.labels)]
     elif args.output_kind == "instances":
         data = _instances(res.probabilities, saved, args)
     else:
@@ -288,10 +282,10 @@ def _predict_zarr(args: argparse.Namespace) -> int:
             from distributed import Client
 
             with Client(args.scheduler) as client:
-                res = _drain(blockwise.segment_volume_distributed(
+                res = drain(blockwise.segment_volume_distributed(
                     client, args.model, src, args.output, **kw), show)
         else:
-            res = _drain(blockwise.segment_volume(saved, src, args.output, **kw), show)
+            res = drain(blockwise.segment_volume(saved, src, args.output, **kw), show)
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted after {done[0]} new block(s); run the same command again to "
@@ -380,7 +374,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     train_cfg = TrainConfig(iterations=args.iterations, batch_size=4, patch_size=args.patch_size,
                             device=args.device, seed=0, loss="ce")
     bar = Progress("train")
-    result = _drain(
+    result = drain(
         train(image[:n_train], labels[:n_train], model_cfg, train_cfg, labels_mode="dense"),
         lambda ev: bar.update(ev.step, train_cfg.iterations, f"loss {ev.loss:.4f}"),
     )

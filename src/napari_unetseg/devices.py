@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported on first use, so `drain` costs no torch import
+    import torch
 
 
 def available_devices() -> list[str]:
     """Devices usable here, ``"cpu"`` first, e.g. ``["cpu", "cuda", "cuda:0"]``."""
+    import torch
+
     devs = ["cpu"]
     if torch.cuda.is_available():
         devs += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
@@ -27,6 +30,8 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     ValueError
         The device does not exist or is not available here (the message lists those that are).
     """
+    import torch
+
     if isinstance(spec, torch.device):
         spec = str(spec)
     if not isinstance(spec, str):
@@ -41,10 +46,15 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     return torch.device(spec)
 
 
-def drain(gen: Generator[Any, Any, Any]) -> Any:
-    """Run a generator to the end and return its return value (discarding the events)."""
+def drain(gen: Generator[Any, Any, Any], on_event: Callable[[Any], None] | None = None) -> Any:
+    """Run a generator to the end and return its return value.
+
+    ``on_event`` is called with every yielded event (they are discarded when it is None).
+    """
     while True:
         try:
-            next(gen)
+            event = next(gen)
         except StopIteration as stop:
             return stop.value
+        if on_event is not None:
+            on_event(event)

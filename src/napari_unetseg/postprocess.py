@@ -1,8 +1,30 @@
-"""Turning class probabilities into instance labels."""
+"""Turning network outputs into label images: class values and instances."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+
+def class_lut(values: Sequence[int], classes: int | None = None) -> np.ndarray:
+    """Class index -> label value, in the smallest dtype that holds the values.
+
+    ``values[k]`` is the label value class ``k`` had in the training labels (the model file's
+    ``class_values``). A one-class (sigmoid) model predicts 0 or 1, so its table is
+    ``[0, values[0]]``. The dtype is uint8, uint16 or int32. Index the table with predicted class
+    indices to write labels in the training values (``class_lut(v)[labels]``).
+    """
+    vals = [int(v) for v in values]
+    classes = len(vals) if classes is None else classes
+    if not vals:
+        vals = [1] if classes == 1 else list(range(classes))
+    if len(vals) != classes:
+        raise ValueError(f"the model has {classes} classes but {len(vals)} class values")
+    lut = np.asarray([0, vals[0]] if classes == 1 else vals, dtype=np.int64)
+    lo, hi = int(lut.min()), int(lut.max())
+    dtype = np.uint8 if lo >= 0 and hi < 256 else np.uint16 if lo >= 0 and hi < 65536 else np.int32
+    return lut.astype(dtype)
 
 
 def instances_from_probs(

@@ -26,7 +26,7 @@ import torch
 from .augment import augment_batch
 from .config import ModelConfig
 from .data import TrainingData, prepare_data
-from .devices import resolve_device
+from .devices import drain, resolve_device
 from .normalize import Normalization
 from .sampler import PatchSampler
 from .train_config import TrainConfig, TrainEvent, TrainResult
@@ -231,13 +231,7 @@ def fit(
     """
     gen = train(image, labels, model_config, train_config, labels_mode=labels_mode,
                 channel_axis=channel_axis, resume=resume, stop=stop)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as done:
-            return done.value
-        if on_event is not None:
-            on_event(event)
+    return drain(gen, on_event)
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):

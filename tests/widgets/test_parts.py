@@ -50,7 +50,8 @@ def test_line_plot_draws(qtbot):
 
 def test_class_lut():
     assert class_lut([1, 2]).dtype == np.uint8
-    assert class_lut([0, 300]).dtype == np.int32
+    assert class_lut([0, 300]).dtype == np.uint16
+    assert class_lut([-1, 300]).dtype == np.int32
     np.testing.assert_array_equal(class_lut([5]), [0, 5])  # a one-class model: 0 / 1
 
 

@@ -64,15 +64,10 @@ def available_devices() -> list[str]:
 
 
 def class_lut(class_values: Any) -> np.ndarray:
-    """Map class index -> label value, in the smallest dtype napari Labels take for them.
+    """Map class index -> label value (see :func:`napari_unetseg.postprocess.class_lut`)."""
+    from ..postprocess import class_lut as lut
 
-    A one-class (sigmoid) model predicts 0 / 1, so its table is ``[0, value]``.
-    """
-    lut = np.asarray(class_values, dtype=np.int64)
-    if lut.size == 1:
-        lut = np.array([0, lut[0]])
-    small = lut.min() >= 0 and lut.max() < 256
-    return lut.astype(np.uint8 if small else np.int32)
+    return lut(class_values)
 
 
 class LayerPicker(QComboBox):
