@@ -37,15 +37,6 @@ TINY = ["--iterations", "1", "--depth", "2", "--width", "4", "--patch-size", "16
         "--batch-size", "1", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors gain nothing from more, and stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -59,14 +59,6 @@ class ValidNet(nn.Module):
         return self.net(x)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: more threads only spin
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def volume():
     return np.random.default_rng(0).integers(0, 255, (3, 150, 170)).astype(np.uint8)

@@ -26,15 +26,6 @@ from napari_unetseg.training import TrainConfig, fit, train
 MC = ModelConfig(arch="unet", depth=2, width=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny tensors gain nothing from more, and stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -21,14 +21,6 @@ CFG = InferenceConfig(tile=64, device="cpu")
 BLOCK = (2, 64, 80)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A tiny model file, a (3, 150, 170) zarr volume, and the local blockwise result."""

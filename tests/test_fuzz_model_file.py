@@ -43,15 +43,6 @@ class _Payload:
         return (builtins.open, (str(self.marker), "w"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Thousands of tiny forward passes: one intra-op thread avoids pool wake-up stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A folder with the marker path and the base files: deflated and stored archives."""

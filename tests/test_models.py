@@ -23,15 +23,6 @@ from napari_unetseg.models import (
 from napari_unetseg.models.base import pad_to_multiple
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster single-threaded; restore the setting for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(arch: str, **kw) -> ModelConfig:
     kw = {"depth": 2, "width": 4, **kw}
     return ModelConfig(arch=arch, **kw)

@@ -17,8 +17,7 @@ GT = "EM sample membranes (ISBI 2012)"
 
 @pytest.fixture(autouse=True)
 def _seed():
-    torch.manual_seed(0)
-    torch.set_num_threads(1)  # two cores shared with Qt and Xvfb
+    torch.manual_seed(0)  # (one torch thread for every test: tests/conftest.py)
 
 
 @pytest.fixture

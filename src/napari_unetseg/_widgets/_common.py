@@ -58,7 +58,7 @@ def new_owner_id(kind: str) -> str:
 
 def available_devices() -> list[str]:
     """Devices to offer: ``auto`` first, then what torch sees here (cpu, cuda:N, mps)."""
-    from ..inference import available_devices as devices
+    from ..devices import available_devices as devices
 
     return ["auto", *devices()]
 
