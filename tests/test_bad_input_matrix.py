@@ -406,7 +406,7 @@ def test_disk_full_while_writing_a_tif_keeps_the_old_one(ctx, monkeypatch):
 def _oom_on_batches_above(limit: int, monkeypatch) -> list[int]:
     """Make the predictor raise CUDA OOM for batches larger than ``limit``; returns sizes."""
     sizes: list[int] = []
-    real = inference._make_predictor
+    real = inference.make_predictor
 
     def make(*a, **k):
         fn = real(*a, **k)
@@ -419,7 +419,7 @@ def _oom_on_batches_above(limit: int, monkeypatch) -> list[int]:
 
         return run
 
-    monkeypatch.setattr(inference, "_make_predictor", make)
+    monkeypatch.setattr(inference, "make_predictor", make)
     return sizes
 
 

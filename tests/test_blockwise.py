@@ -18,7 +18,7 @@ from napari_unetseg.blockwise import (  # noqa: E402
     segment_volume,
 )
 from napari_unetseg.config import ModelConfig  # noqa: E402
-from napari_unetseg.inference import InferenceConfig, predict  # noqa: E402
+from napari_unetseg.inference import InferenceConfig, _prepare, predict  # noqa: E402
 from napari_unetseg.io import SavedModel, save_model  # noqa: E402
 from napari_unetseg.models import build_model  # noqa: E402
 from napari_unetseg.normalize import Normalization  # noqa: E402
@@ -109,7 +109,9 @@ def test_equals_in_memory_predict(tmp_path, volume, kw, dtype):
     assert out["labels"].chunks == BLOCK and out["labels"].dtype == dtype
     assert out.attrs["napari-unetseg-blockwise"]["class_values"] == lut.tolist()
     assert isinstance(res, VolumeResult) and res.blocks == res.computed == 2 * 3 * 3
-    assert res.skipped == 0 and res.halo == (63, 63) and res.block == BLOCK
+    plan = _prepare(saved.model, volume, cfg, None, None).plan  # a tile reaches this far out
+    reach = tuple(t - plan.margin - 1 for t in plan.tile)
+    assert res.skipped == 0 and res.halo == reach and res.block == BLOCK
 
 
 def test_valid_model_and_tta(tmp_path, volume):

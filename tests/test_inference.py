@@ -7,11 +7,13 @@ import pytest
 import torch
 from torch import nn
 
+from napari_unetseg import inference
 from napari_unetseg.config import ModelConfig
 from napari_unetseg.inference import (
     InferenceConfig,
     ProgressEvent,
     SegmentResult,
+    _prepare,
     drain,
     instances_from_probs,
     predict,
@@ -97,7 +99,7 @@ def test_same_models_tiled_close_to_untiled(arch):
     ref = untiled(model, img)
     errs = {}
     for blend in ("cosine", "constant"):
-        cfg = InferenceConfig(tile=48, overlap=0.25, batch_size=4, blend=blend, **CPU)
+        cfg = InferenceConfig(tile=48, overlap=0.25, halo=0, batch_size=4, blend=blend, **CPU)
         res = predict(model, img[0], normalization=IDENTITY, config=cfg)
         errs[blend] = np.abs(res.probabilities - ref)
     assert errs["cosine"].mean() < 1e-3 and errs["cosine"].max() < 0.01
@@ -107,7 +109,7 @@ def test_same_models_tiled_close_to_untiled(arch):
 def test_single_tile_is_exact_and_unetpp_level_is_passed():
     model, img = _model(arch="unetpp", depth=3), _img((1, 40, 40))
     for level in (1, 2, "accurate"):
-        cfg = InferenceConfig(tile=64, level=level, **CPU)
+        cfg = InferenceConfig(tile=64, level=level, halo=0, **CPU)
         res = predict(model, img[0], normalization=IDENTITY, config=cfg)
         np.testing.assert_allclose(res.probabilities, untiled(model, img, level), atol=1e-5)
     lv1 = predict(model, img[0], normalization=IDENTITY, config=InferenceConfig(level=1, **CPU))
@@ -139,9 +141,10 @@ def test_flip_tta_averages_flipped_predictions():
         probs = [torch.softmax(model(x), 1)]
         probs += [torch.softmax(model(x.flip(d)), 1).flip(d) for d in ((-1,), (-2,), (-2, -1))]
         want = (sum(probs) / 4)[0].numpy()
-    res = predict(model, img[0], normalization=IDENTITY, config=InferenceConfig(tta=True, **CPU))
+    cfg = InferenceConfig(tta=True, halo=0, **CPU)  # whole image, zero-padded, as ``want``
+    res = predict(model, img[0], normalization=IDENTITY, config=cfg)
     np.testing.assert_allclose(res.probabilities, want, atol=1e-5)
-    plain = predict(model, img[0], normalization=IDENTITY, config=InferenceConfig(**CPU))
+    plain = predict(model, img[0], normalization=IDENTITY, config=InferenceConfig(halo=0, **CPU))
     assert not np.allclose(plain.probabilities, want, atol=1e-3)
 
 
@@ -163,10 +166,10 @@ def test_stack_outputs_dtypes_and_slices():
 def test_normalization_and_channel_axis_are_applied():
     model = _model(in_channels=2)
     yxc = _img((24, 40, 2)) * 50 + 100
-    norm = Normalization(100.0, 150.0)
-    a = predict(model, yxc, normalization=norm, channel_axis=-1, config=InferenceConfig(**CPU))
+    norm, cfg = Normalization(100.0, 150.0), InferenceConfig(halo=0, **CPU)
+    a = predict(model, yxc, normalization=norm, channel_axis=-1, config=cfg)
     cyx = np.moveaxis(yxc, -1, 0)
-    b = predict(model, cyx, normalization=norm, channel_axis=0, config=InferenceConfig(**CPU))
+    b = predict(model, cyx, normalization=norm, channel_axis=0, config=cfg)
     np.testing.assert_array_equal(a.probabilities, b.probabilities)
     ref = untiled(model, (cyx - 100) / 50)
     np.testing.assert_allclose(a.probabilities, ref, atol=1e-5)
@@ -176,7 +179,7 @@ def test_early_close_leaves_out_untouched_beyond_finished_slices():
     model, stack = _model(), _img((3, 40, 40))
     probs = np.full((3, 3, 40, 40), -1, np.float32)
     labels = np.full((3, 40, 40), 255, np.uint8)
-    cfg = InferenceConfig(tile=16, overlap=0.0, batch_size=2, **CPU)
+    cfg = InferenceConfig(tile=16, overlap=0.0, halo=0, batch_size=2, **CPU)
     gen = segment(model, stack, normalization=IDENTITY, config=cfg, out=(probs, labels))
     model.train()  # segment must run in eval mode and restore the caller's mode
     events = []
@@ -373,3 +376,96 @@ def test_class_lut_maps_classes_to_training_values():
     np.testing.assert_array_equal(class_lut([], classes=3), [0, 1, 2])
     with pytest.raises(ValueError, match="3 classes but 2 class values"):
         class_lut([0, 1], classes=3)
+
+
+# ---------------------------------------------------------------------------- speed levers
+
+
+def _mirror_untiled(model, img, halo):
+    """One pass over the image mirror-padded by ``halo``, cropped back (what halo tiles see)."""
+    pad = np.pad(img, ((0, 0), (halo, halo), (halo, halo)), mode="reflect")
+    return untiled(model, pad)[:, halo:-halo, halo:-halo]
+
+
+@pytest.mark.parametrize("arch", ["unet", "unetpp"])
+def test_halo_tiles_equal_one_pass_over_the_mirror_padded_image(arch):
+    """Overlap-tile with a halo wider than the receptive field: abutting tiles, no seams."""
+    model, img = _model(arch=arch), _img((1, 100, 84))
+    cfg = InferenceConfig(tile=96, halo=32, batch_size=3, **CPU)
+    job = _prepare(model, img[0], cfg, None, None)
+    assert job.plan.n_tiles >= 4 and job.halo == 32 and job.plan.overlap == (0, 0)
+    res = predict(model, img[0], normalization=IDENTITY, config=cfg)
+    ref = _mirror_untiled(model, img, 32)
+    np.testing.assert_allclose(res.probabilities, ref, atol=1e-5)
+    # a halo too small for the receptive field leaves seams
+    small = predict(model, img[0], normalization=IDENTITY,
+                    config=InferenceConfig(tile=96, halo=4, batch_size=3, **CPU))  # fmt: skip
+    assert np.abs(small.probabilities - ref).max() > 1e-5  # the 32-px halo: ~1e-7
+
+
+def test_tiles_are_balanced_and_auto_halo_follows_depth():
+    model = build_model(ModelConfig(depth=4, width=2, classes=2))
+    plan = _prepare(model, np.zeros((512, 512), np.uint8), None, None, None).plan
+    assert plan.tile == (608, 608) and plan.n_tiles == 1 and plan.margin == 48  # 512 + 2 * 48
+    plan = _prepare(model, np.zeros((2048, 1500), np.uint8), None, None, None).plan
+    assert (len(plan.ys), len(plan.xs)) == (3, 2) and max(plan.tile) <= 1024
+    covered = [n * (t - 2 * plan.margin) for n, t in zip((3, 2), plan.tile, strict=True)]
+    assert covered[0] - 2048 < 3 * 16 and covered[1] - 1500 < 2 * 16  # little waste
+    assert _prepare(_model(), np.zeros((64, 64)), None, None, None).halo == 12  # depth 2
+    small = InferenceConfig(tile=32, **CPU)  # auto halo is at most a quarter of the tile
+    assert _prepare(_model(), np.zeros((64, 64)), small, None, None).halo == 8
+    with pytest.raises(ValueError, match="halo"):
+        _prepare(_model(padding="valid"), np.zeros((64, 64)), InferenceConfig(halo=8), None, None)
+    with pytest.raises(ValueError, match="tile"):
+        _prepare(_model(), np.zeros((64, 64)), InferenceConfig(tile=16, halo=8), None, None)
+    for bad in (-1, 2.5, "big", True):
+        with pytest.raises(ValueError, match="halo"):
+            InferenceConfig(halo=bad)
+
+
+def test_uint8_crosses_to_the_device_as_uint8_and_is_normalised_there(monkeypatch):
+    model, norm = _model(), Normalization(20.0, 220.0)
+    img = np.random.default_rng(3).integers(0, 256, (2, 40, 36), dtype=np.uint8)
+    seen = []
+    real = inference.iter_tiled
+
+    def spy(arr, *a, **k):
+        seen.append((arr.dtype, k["prepare"] is not None))
+        return real(arr, *a, **k)
+
+    monkeypatch.setattr(inference, "iter_tiled", spy)
+    cfg = InferenceConfig(tile=32, **CPU)
+    a = predict(model, img, normalization=norm, config=cfg)
+    assert seen and all(s == (np.uint8, True) for s in seen)
+    as_float = (img.astype(np.float32) - 20) / 200  # the host path (a plain callable)
+    b = predict(model, as_float, normalization=lambda x: x, config=cfg)
+    assert seen[-1] == (np.float32, False)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+    assert img.min() == 0 and img.max() == 255 and img.dtype == np.uint8  # input untouched
+
+
+def test_small_slices_share_a_batch_and_the_model_is_left_as_it_was(monkeypatch):
+    model, stack = _model(), _img((5, 32, 32))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sizes = []
+    real = inference.make_predictor
+
+    def make(*a, **k):
+        fn = real(*a, **k)
+        return lambda x: sizes.append(len(x)) or fn(x)
+
+    monkeypatch.setattr(inference, "make_predictor", make)
+    cfg = InferenceConfig(tile=64, halo=8, batch_size=4, **CPU)
+    res = predict(model, stack, normalization=IDENTITY, config=cfg)
+    assert sizes == [4, 1]  # one tile per slice: slices 0-3 in one pass, slice 4 in another
+    for z in range(5):
+        one = predict(model.eval(), stack[z], normalization=IDENTITY, config=cfg)
+        np.testing.assert_allclose(res.probabilities[z], one.probabilities, atol=1e-5)
+        np.testing.assert_array_equal(res.labels[z], one.labels)
+        model.train()
+    assert model.training and all(
+        torch.equal(v, before[k]) for k, v in model.state_dict().items()
+    )  # BatchNorm was folded into a copy; running statistics not updated
+    events = list(segment(model, stack, normalization=IDENTITY, config=cfg))
+    assert [(e.done, e.slice_index) for e in events] == [(4, 3), (5, 4)]

@@ -35,9 +35,10 @@ import numpy as np
 import torch
 
 from .devices import drain
-from .inference import InferenceConfig, _auto_batch, _Chunked, _make_predictor, _prepare
+from .inference import InferenceConfig, _prepare
 from .io import SavedModel, load_model
 from .postprocess import class_lut
+from .predictor import Chunked, auto_batch, inference_network, make_predictor
 from .tiling import blend_window
 
 __all__ = [
@@ -173,13 +174,13 @@ class _Runner:
         self.config = InferenceConfig() if config is None else config
         self.saved, self.job = saved, _prepare(saved.model, image, self.config, None, None)
         job, plan = self.job, self.job.plan
-        self.was_training = saved.model.training
-        saved.model.to(job.device).eval()
-        fn = _make_predictor(saved.model, job.level, self.config.tta, job.amp, job.classes == 1)
+        net = inference_network(saved.model, job.device)
+        fn = make_predictor(net, job.level, self.config.tta, job.amp, job.classes == 1,
+                            crop=job.halo)  # fmt: skip
         batch = self.config.batch_size
         if batch == "auto":
-            batch = _auto_batch(fn, 1, plan.tile, job.device, plan.n_tiles)
-        self.batch, self.fn = int(batch), _Chunked(fn, int(batch))
+            batch = auto_batch(fn, 1, plan.tile, job.device, plan.n_tiles)
+        self.batch, self.fn = int(batch), Chunked(fn, int(batch))
         win = blend_window(plan.out_tile, plan.overlap, self.config.blend)
         self.window = torch.from_numpy(win).to(job.device)
         self.maps = [np.pad(np.arange(n), pw, mode="reflect" if n > 1 else "edge")
@@ -187,9 +188,6 @@ class _Runner:
         # a tile touching a block reads at most this far beyond its edge
         self.halo = (plan.tile[0] - plan.margin - 1, plan.tile[1] - plan.margin - 1)
         self.lut = class_lut(saved.class_values, job.classes)
-
-    def restore(self) -> None:
-        self.saved.model.train(self.was_training)
 
     def block(self, image: Any, bounds: list, keep_probs: bool) -> tuple[np.ndarray, Any]:
         """Labels (and float16 probabilities) of the block ``[(z0, z1), (y0, y1), (x0, x1)]``."""
@@ -366,19 +364,16 @@ def segment_volume(
     runner, image, group, block, n, todo = _setup(
         model, input, output_store, block, config, probabilities, resume)
     shape, computed, todo = tuple(int(s) for s in image.shape), 0, set(todo)
-    try:
-        for i, idx in enumerate(np.ndindex(*_grid(shape, block))):
-            if idx not in todo:
-                yield BlockEvent(i + 1, n, idx, False, 0.0, f"block {idx}: done before")
-                continue
-            t = time.perf_counter()
-            bounds = _bounds(idx, block, shape)
-            _write(group, idx, bounds, *runner.block(image, bounds, probabilities))
-            computed += 1
-            dt = time.perf_counter() - t
-            yield BlockEvent(i + 1, n, idx, True, dt, f"block {idx} {i + 1}/{n}: {dt:.2f} s")
-    finally:
-        runner.restore()
+    for i, idx in enumerate(np.ndindex(*_grid(shape, block))):
+        if idx not in todo:
+            yield BlockEvent(i + 1, n, idx, False, 0.0, f"block {idx}: done before")
+            continue
+        t = time.perf_counter()
+        bounds = _bounds(idx, block, shape)
+        _write(group, idx, bounds, *runner.block(image, bounds, probabilities))
+        computed += 1
+        dt = time.perf_counter() - t
+        yield BlockEvent(i + 1, n, idx, True, dt, f"block {idx} {i + 1}/{n}: {dt:.2f} s")
     return _result(output_store, image, block, runner, n, computed, t0)
 
 

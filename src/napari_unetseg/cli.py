@@ -192,8 +192,25 @@ def run_prediction(saved, image: np.ndarray, cfg, show=None, channel_axis: int |
     return drain(gen, show or (lambda ev: None))
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _inference_config(args: argparse.Namespace, saved: Any) -> Any:
+    """The InferenceConfig of ``predict``'s options (the level only for a UNet++)."""
     from .inference import InferenceConfig
+
+    level, halo = args.level, args.halo
+    if level not in (None, "accurate"):
+        if not level.isdigit():
+            raise CliError(f"--level must be 'accurate' or 1..depth, got {level!r}")
+        level = int(level)
+    level = None if saved.config.arch != "unetpp" else (level or "accurate")
+    if halo != "auto":
+        if not halo.isdigit():
+            raise CliError(f"--halo must be 'auto' or pixels >= 0, got {halo!r}")
+        halo = int(halo)
+    return InferenceConfig(tile=args.tile, overlap=args.overlap, halo=halo, device=args.device,
+                           tta=args.tta, level=level)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
     from .io import load_model, write_tif
 
     if args.scheduler or str(args.output).rstrip("/\\").endswith(".zarr"):
@@ -208,18 +225,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if image.ndim < 3:
             raise CliError("--slices needs a stack (Z, Y, X) image")
         image = image[sl]
-    level = args.level
-    if level is not None and level != "accurate":
-        try:
-            level = int(level)
-        except ValueError:
-            raise CliError(f"--level must be 'accurate' or 1..depth, got {level!r}") from None
-    if saved.config.arch != "unetpp":
-        level = None
-    elif level is None:
-        level = "accurate"
-    cfg = InferenceConfig(tile=args.tile, overlap=args.overlap, device=args.device,
-                          tta=args.tta, level=level)
+    cfg = _inference_config(args, saved)
     bar = Progress("predict")
     res = run_prediction(saved, image, cfg,
                          lambda ev: bar.update(ev.done, ev.total, f"slice {ev.slice_index}"),
@@ -247,7 +253,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict_zarr(args: argparse.Namespace) -> int:
     """predict -o OUT.zarr: blockwise into zarr, resumable, on a dask scheduler if given."""
     from . import blockwise
-    from .inference import InferenceConfig
     from .io import load_model
 
     if not str(args.output).rstrip("/\\").endswith(".zarr"):
@@ -259,13 +264,7 @@ def _predict_zarr(args: argparse.Namespace) -> int:
     except ValueError:
         raise CliError(f"--block must look like 2,2048,2048, got {args.block!r}") from None
     saved = load_model(args.model)
-    level = None if saved.config.arch != "unetpp" else (args.level or "accurate")
-    if level not in (None, "accurate"):
-        if not level.isdigit():
-            raise CliError(f"--level must be 'accurate' or 1..depth, got {level!r}")
-        level = int(level)
-    cfg = InferenceConfig(tile=args.tile, overlap=args.overlap, device=args.device,
-                          tta=args.tta, level=level)
+    cfg = _inference_config(args, saved)
     src = args.image if args.image.rstrip("/\\").endswith(".zarr") else _read(args.image)
     if isinstance(src, np.ndarray) and src.ndim == 2:
         src = src[None]
@@ -450,8 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", dest="output", required=True, metavar="OUT.tif",
                    help="TIFF file to write, or OUT.zarr: blockwise, resumable (see --block)")
     r.add_argument("--level", default=None, help="UNet++: accurate or 1..depth")
-    r.add_argument("--tile", type=int, default=256)
-    r.add_argument("--overlap", type=float, default=0.125)
+    r.add_argument("--tile", type=int, default=1024, help="largest input tile (default 1024)")
+    r.add_argument("--halo", default="auto",
+                   help="context pixels per tile side, computed and discarded (U-Net's "
+                        "overlap-tile); auto: 3*2**depth (48 at depth 4) for 'same' networks, 0 for 'valid' ones")
+    r.add_argument("--overlap", type=float, default=0.0,
+                   help="extra blended overlap of output tiles, a fraction (default 0)")
     r.add_argument("--slices")
     r.add_argument("--output", dest="output_kind",
                    choices=["probabilities", "labels", "instances"], default="labels",

@@ -82,7 +82,6 @@ def segment_volume_distributed(
     model, store = _shared(model), _shared(output_store)
     runner, image, _, block, n, todo = _setup(
         model, input, store, block, config, probabilities, resume)
-    runner.restore()
     source = _shared(input) if isinstance(input, (str, os.PathLike)) else input
     if isinstance(source, np.ndarray):
         source = client.scatter(source, broadcast=True)

@@ -22,7 +22,17 @@ import torch
 
 from .config import ModelConfig
 from .devices import available_devices, drain, resolve_device
+from .normalize import Normalization
 from .postprocess import instances_from_probs
+from .predictor import (
+    Chunked,
+    amp_dtype,
+    auto_batch,
+    check_halo,
+    inference_network,
+    make_predictor,
+    tile_geometry,
+)
 from .tiling import BLENDS, TilePlan, iter_tiled, plan_tiles
 
 __all__ = [
@@ -40,7 +50,6 @@ __all__ = [
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 _AMPS = ("auto", "off", "bf16", "fp16")
 _DTYPES = ("float32", "float16")
-_CPU_BATCH, _MAX_BATCH = 1, 64  # CPU: batching tiles only adds memory traffic
 
 
 @dataclass(frozen=True)
@@ -50,14 +59,25 @@ class InferenceConfig:
     Parameters
     ----------
     tile : int
-        Input tile side fed to the network (>= 8). For ``same`` models it is rounded down to
-        a multiple of ``2**depth``; for ``valid`` models it is raised to a valid input size.
-        Images smaller than a tile are mirror-padded up to one (smaller) tile.
+        Largest input tile side fed to the network (>= 8). For ``same`` models tiles are
+        balanced: each axis gets the fewest tiles of at most this size that cover it, each
+        as small as that allows, on the ``2**depth`` pooling grid (a 512-pixel slice is one
+        608-pixel tile with the default halo at depth 4). For ``valid`` models it is raised to a valid
+        input size. Images smaller than a tile are mirror-padded up to one tile.
+    halo : int or "auto"
+        Context pixels per tile side that are computed and thrown away, U-Net's overlap-tile
+        (Ronneberger et al. 2015): output tiles abut and every output pixel has at least
+        this much real (or mirrored) image around it. "auto": ``3 * 2**depth`` px (48 at
+        depth 4, half a U-Net's receptive-field radius; at most a quarter of the tile) for
+        ``same`` models, 0 for ``valid`` models, whose exact margin is discarded anyway.
+        Rounded up to the pooling grid.
     overlap : float
-        Overlap of neighbouring output tiles, a fraction of the output tile in ``[0, 1)``.
-        ``valid`` models give the same result for any overlap (0 is fastest).
+        Extra overlap of neighbouring output tiles, a fraction of the output tile in
+        ``[0, 1)``, blended with ``blend``; with a halo none is needed. ``valid`` models
+        give the same result for any overlap (0 is fastest).
     batch_size : int or "auto"
-        Tiles per forward pass; "auto" sizes it from free CUDA memory (4 on CPU/MPS).
+        Tiles per forward pass; "auto" sizes it from free CUDA memory (1 on CPU/MPS).
+        Tiles of several slices share a batch when a slice has fewer tiles than that.
         On CUDA out-of-memory the batch is halved and the batch retried.
     device : str
         "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:N" or "mps".
@@ -75,8 +95,8 @@ class InferenceConfig:
         Window for blending overlapping tiles (see :func:`napari_unetseg.tiling.blend_window`).
     """
 
-    tile: int = 256
-    overlap: float = 0.125
+    tile: int = 1024
+    overlap: float = 0.0
     batch_size: int | str = "auto"
     device: str = "auto"
     tta: bool = False
@@ -84,6 +104,7 @@ class InferenceConfig:
     dtype: str = "float32"
     amp: str = "auto"
     blend: str = "cosine"
+    halo: int | str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -105,6 +126,7 @@ class InferenceConfig:
             raise ValueError(
                 f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got {self.device!r}"
             )
+        check_halo(self.halo)
         if not isinstance(self.tta, bool):
             raise TypeError(f"tta must be a bool, got {self.tta!r}")
         lv = self.level
@@ -139,16 +161,6 @@ class SegmentResult:
     probabilities: Any
     labels: Any
     seconds: float
-
-
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if device.type != "cuda":
-        raise ValueError(f"amp={amp!r} needs a CUDA device, got {device}; use 'auto' or 'off'")
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
 @dataclass(frozen=True)
@@ -186,8 +198,8 @@ def _layout(image: Any, channel_axis: int | None) -> _Layout:
     return _Layout(z, c_slice, n_z, chans, (shape[spatial[-2]], shape[spatial[-1]]))
 
 
-def _read_slice(image: Any, lay: _Layout, z: int, normalization: Callable) -> np.ndarray:
-    """Slice ``z`` as normalised float32 ``(C, Y, X)``; only this slice is loaded."""
+def _read_slice(image: Any, lay: _Layout, z: int) -> np.ndarray:
+    """Slice ``z`` as ``(C, Y, X)`` in its own dtype; only this slice is loaded."""
     if lay.z_axis is None:
         arr = np.asarray(image)
     else:
@@ -197,7 +209,22 @@ def _read_slice(image: Any, lay: _Layout, z: int, normalization: Callable) -> np
     arr = arr[None] if lay.c_axis is None else np.moveaxis(arr, lay.c_axis, 0)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"slice {z} contains NaN or infinite pixels; expected finite values")
-    return np.asarray(normalization(arr), dtype=np.float32)
+    return arr
+
+
+# dtypes that cross to the device as they are and are normalised there
+_DEVICE_DTYPES = frozenset(np.dtype(t) for t in ("uint8", "int8", "int16", "int32", "float32"))
+
+
+def _device_normalizer(normalization: Callable, dtype: np.dtype) -> Callable | None:
+    """Normalisation on the device for a :class:`Normalization` (an affine map, computed in
+    float32 as on the host), so the image crosses to the GPU in its own dtype (one byte
+    per pixel for uint8); None: normalise on the host."""
+    if type(normalization) is not Normalization or np.dtype(dtype) not in _DEVICE_DTYPES:
+        return None
+    low = float(np.float32(normalization.low))
+    scale = float(np.float32(1.0 / (normalization.high - normalization.low)))
+    return lambda t: (t.float() - low) * scale  # out of place: t may share the caller's array
 
 
 def _slice_indices(lay: _Layout, slices: Iterable[int] | None) -> list[int]:
@@ -242,81 +269,6 @@ def _resolve_level(cfg: ModelConfig, level: int | str | None) -> int | str | Non
     return level
 
 
-def _tile_geometry(model: Any, cfg: ModelConfig, tile: int, shape: tuple[int, int]) -> tuple:
-    """Input tile per axis, margin and alignment (``2**depth``) for this model and image."""
-    align, margin = 2**cfg.depth, int(getattr(model, "margin", 0))
-    if margin == 0:
-        base = max(align, tile // align * align)
-        sizes = tuple(min(base, -(-n // align) * align) for n in shape)
-    else:
-        sizes = tuple(
-            int(model.valid_input_size(max(min(tile, n + 2 * margin), 2 * margin + align)))
-            for n in shape
-        )
-    return sizes, margin, align
-
-
-def _make_predictor(model: Any, level: Any, tta: bool, amp: torch.dtype | None, binary: bool):
-    """Tile batch -> class probabilities (softmax; sigmoid for one class), fp32."""
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
-            y = model(x) if level is None else model(x, level=level)
-        y = y.float()
-        return torch.sigmoid(y) if binary else torch.softmax(y, dim=1)
-
-    def predictor(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            p = run(x)
-            if tta:
-                for dims in ((-1,), (-2,), (-2, -1)):
-                    p += run(x.flip(dims)).flip(dims)
-                p /= 4
-            return p
-
-    return predictor
-
-
-class _Chunked:
-    """Call ``fn`` on chunks of a batch; on CUDA OOM halve the chunk and retry."""
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], chunk: int) -> None:
-        self.fn, self.chunk = fn, chunk
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        while True:
-            try:
-                parts = [self.fn(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)]
-                return parts[0] if len(parts) == 1 else torch.cat(parts)
-            except torch.cuda.OutOfMemoryError as e:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                if min(self.chunk, len(x)) <= 1:
-                    raise RuntimeError(
-                        f"out of GPU memory on a single tile {tuple(x.shape[1:])}; use a "
-                        "smaller InferenceConfig.tile, amp='bf16', or device='cpu'"
-                    ) from e
-                self.chunk = min(self.chunk, len(x)) // 2
-
-
-def _auto_batch(fn: Callable, channels: int, tile: tuple, device: torch.device, n: int) -> int:
-    """Tiles per batch: half the free CUDA memory over a measured one-tile peak."""
-    if device.type != "cuda":
-        return max(1, min(_CPU_BATCH, n))
-    torch.cuda.synchronize(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    try:
-        fn(torch.zeros((1, channels, *tile), device=device))
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return 1
-    per_tile = max(torch.cuda.max_memory_allocated(device) - base, 1 << 20)
-    free, _ = torch.cuda.mem_get_info(device)
-    avail = free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return int(np.clip(avail // 2 // per_tile, 1, min(_MAX_BATCH, n)))
-
-
 def _outputs(out: Any, shapes: tuple, dtypes: tuple, keep: bool) -> list[Any]:
     given = (None, None) if out is None else out
     if not isinstance(given, (tuple, list)) or len(given) != 2:
@@ -331,17 +283,41 @@ def _outputs(out: Any, shapes: tuple, dtypes: tuple, keep: bool) -> list[Any]:
     return arrays
 
 
-def _finish(stitched: torch.Tensor, dtype: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities in the wanted dtype and argmax labels, copied to the host."""
+def _labels(stitched: torch.Tensor, classes: int) -> torch.Tensor:
+    """Argmax classes of ``(N, K, Y, X)`` probabilities, on their device."""
     if classes == 1:
-        labels = stitched[0] >= 0.5
+        labels = stitched[:, 0] >= 0.5
     elif classes == 2:  # a comparison is ~20x cheaper than argmax over a 2-plane axis on CPU
-        labels = stitched[1] > stitched[0]
+        labels = stitched[:, 1] > stitched[:, 0]
     else:
-        labels = stitched.argmax(0)
-    labels = labels.to(torch.uint8 if classes <= 256 else torch.int32).cpu().numpy()
-    probs = stitched.to(torch.float16 if dtype == "float16" else torch.float32).cpu().numpy()
-    return probs, labels.astype(np.uint8 if classes <= 256 else np.uint16, copy=False)
+        labels = stitched.argmax(1)
+    return labels.to(torch.uint8 if classes <= 256 else torch.int32)
+
+
+class _ToHost:
+    """Device tensors on their way to host memory: on CUDA an asynchronous copy into pinned
+    memory, so the GPU goes on with the next slices while the host writes these out."""
+
+    def __init__(self, tensors: list[torch.Tensor | None]) -> None:
+        self.event = None
+        cuda = [t for t in tensors if t is not None and t.is_cuda]
+        if cuda:
+            pinned = [
+                None if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                for t in tensors
+            ]
+            for buf, t in zip(pinned, tensors, strict=True):
+                if t is not None:
+                    buf.copy_(t, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+            tensors = pinned
+        self.tensors = tensors
+
+    def numpy(self) -> list[np.ndarray | None]:
+        if self.event is not None:
+            self.event.synchronize()
+        return [None if t is None else t.cpu().numpy() for t in self.tensors]
 
 
 @dataclass(frozen=True)
@@ -354,6 +330,7 @@ class _Job:
     device: torch.device
     amp: torch.dtype | None
     plan: TilePlan
+    halo: int
 
 
 def _prepare(model: Any, image: Any, config: Any, channel_axis: Any, slices: Any) -> _Job:
@@ -370,28 +347,32 @@ def _prepare(model: Any, image: Any, config: Any, channel_axis: Any, slices: Any
         )
     level = _resolve_level(cfg, config.level)
     device = resolve_device(config.device)
-    amp = _amp_dtype(config.amp, device)
-    tile, margin, align = _tile_geometry(model, cfg, config.tile, lay.shape)
-    plan = plan_tiles(lay.shape, tile, overlap=config.overlap, margin=margin, align=align)
-    return _Job(config, lay, indices, cfg.classes, level, device, amp, plan)
-
-
-def _run_slice(
-    arr: np.ndarray, job: _Job, fn: Callable, batch: int, i: int
-) -> Generator[ProgressEvent, None, torch.Tensor]:
-    """Tile one normalised slice; relay the tiler's progress as :class:`ProgressEvent`."""
-    gen = iter_tiled(
-        arr, fn, job.plan, batch_size=batch, blend=job.config.blend, device=job.device
+    amp = amp_dtype(config.amp, device)
+    tile, margin, align, halo = tile_geometry(
+        model, cfg, config.tile, lay.shape, halo=config.halo, overlap=config.overlap
     )
-    n_tiles, z = job.plan.n_tiles, job.indices[i]
-    total = len(job.indices) * n_tiles
+    plan = plan_tiles(lay.shape, tile, overlap=config.overlap, margin=margin, align=align)
+    return _Job(config, lay, indices, cfg.classes, level, device, amp, plan, halo)
+
+
+def _run_group(
+    arr: np.ndarray, job: _Job, fn: Callable, batch: int, first: int, prepare: Any
+) -> Generator[ProgressEvent, None, torch.Tensor]:
+    """Tile slices ``first, first + 1, ...`` (``arr`` is ``(N, C, Y, X)``) in shared batches;
+    relay the tiler's progress as :class:`ProgressEvent`."""
+    gen = iter_tiled(
+        arr, fn, job.plan, batch_size=batch, blend=job.config.blend, device=job.device,
+        prepare=prepare,
+    )  # fmt: skip
+    n_tiles, n = job.plan.n_tiles, len(job.indices)
     while True:
         try:
             done, _ = next(gen)
         except StopIteration as stop:
             return stop.value
-        msg = f"slice {z} ({i + 1}/{len(job.indices)}): tile {done}/{n_tiles}"
-        yield ProgressEvent(i * n_tiles + done, total, z, msg)
+        i = first + (done - 1) // n_tiles  # the slice the last tile of this batch belongs to
+        msg = f"slice {job.indices[i]} ({i + 1}/{n}): tile {(done - 1) % n_tiles + 1}/{n_tiles}"
+        yield ProgressEvent(first * n_tiles + done, n * n_tiles, job.indices[i], msg)
 
 
 def segment(
@@ -411,7 +392,8 @@ def segment(
     ----------
     model : torch.nn.Module
         A network from :func:`napari_unetseg.models.build_model` (needs ``.config``). It is
-        moved to the device and run in eval mode; its train/eval mode is restored after.
+        moved to the device; inference runs an eval-mode copy of it with BatchNorm folded
+        into the convolutions, so its mode and weights are untouched.
     image : array-like
         ``(Y, X)`` or ``(Z, Y, X)`` (plus ``channel_axis``): numpy, dask or zarr.
     normalization : Normalization
@@ -442,30 +424,51 @@ def segment(
         raise TypeError(f"normalization must be a Normalization, got {normalization!r}")
     lead = (len(job.indices),) if job.lay.z_axis is not None else ()
     k, shape = job.classes, job.lay.shape
+    label_dtype = np.uint8 if k <= 256 else np.uint16
     probs_out, labels_out = _outputs(
         out,
         ((*lead, k, *shape), (*lead, *shape)),
-        (np.dtype(job.config.dtype), np.uint8 if k <= 256 else np.uint16),
+        (np.dtype(job.config.dtype), label_dtype),
         return_probabilities,
     )
-    was_training = model.training
-    model.to(job.device).eval()
-    try:
-        fn = _make_predictor(model, job.level, job.config.tta, job.amp, k == 1)
-        batch = job.config.batch_size
-        if batch == "auto":
-            batch = _auto_batch(fn, job.lay.channels, job.plan.tile, job.device, job.plan.n_tiles)
-        chunked = _Chunked(fn, int(batch))
-        for i, z in enumerate(job.indices):
-            arr = _read_slice(image, job.lay, z, normalization)
-            stitched = yield from _run_slice(arr, job, chunked, int(batch), i)
-            probs, labels = _finish(stitched, job.config.dtype, k)
-            at = i if lead else Ellipsis
+    model.to(job.device)
+    net = inference_network(model, job.device)  # BatchNorm folded: a copy, model untouched
+    fn = make_predictor(net, job.level, job.config.tta, job.amp, k == 1, crop=job.halo)
+    n_tiles = job.plan.n_tiles
+    batch = job.config.batch_size
+    if batch == "auto":
+        batch = auto_batch(fn, job.lay.channels, job.plan.tile, job.device,
+                           n_tiles * len(job.indices))  # fmt: skip
+    batch = int(batch)
+    chunked = Chunked(fn, batch)
+    per = max(1, batch // n_tiles)  # slices per pass: small slices share a batch
+    prob_dtype = torch.float16 if job.config.dtype == "float16" else torch.float32
+    pending: tuple[int, _ToHost] | None = None
+
+    def write(first: int, copy: _ToHost) -> None:
+        labels, probs = copy.numpy()
+        for j in range(len(labels)):
+            at = first + j if lead else Ellipsis
             if probs_out is not None:
-                probs_out[at] = probs
-            labels_out[at] = labels
-    finally:
-        model.train(was_training)
+                probs_out[at] = probs[j]
+            labels_out[at] = labels[j].astype(label_dtype, copy=False)
+
+    for first in range(0, len(job.indices), per):
+        raws = [_read_slice(image, job.lay, z) for z in job.indices[first : first + per]]
+        prepare = _device_normalizer(normalization, raws[0].dtype)
+        if prepare is None:
+            raws = [np.asarray(normalization(r), dtype=np.float32) for r in raws]
+        stitched = yield from _run_group(np.stack(raws), job, chunked, batch, first, prepare)
+        probs = stitched.to(prob_dtype) if probs_out is not None else None
+        copy = _ToHost([_labels(stitched, k), probs])
+        if pending is not None:  # the previous group, copied while this one ran
+            write(*pending)
+        pending = (first, copy)
+        if job.device.type != "cuda":
+            write(*pending)
+            pending = None
+    if pending is not None:
+        write(*pending)
     return SegmentResult(probs_out, labels_out, time.perf_counter() - t0)
 
 

@@ -238,9 +238,15 @@ class _Ops:
             self.torch, self.device = torch, torch.device(device)
 
     def asarray(self, a: np.ndarray) -> Any:
+        """``a`` as it is (numpy) or copied to the device in its own dtype (a uint8 image
+        crosses the bus as one byte per pixel)."""
         if self.torch is None:
             return a
-        return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+        t = self.torch.from_numpy(np.ascontiguousarray(a))
+        return t.to(self.device, non_blocking=True)
+
+    def float32(self, a: Any) -> Any:
+        return a.astype(np.float32, copy=False) if self.torch is None else a.float()
 
     def zeros(self, shape: tuple[int, ...]) -> Any:
         if self.torch is None:
@@ -266,13 +272,17 @@ def iter_tiled(
     batch_size: int = 8,
     blend: str = "cosine",
     device: Any = None,
+    prepare: Callable[[Any], Any] | None = None,
 ) -> Generator[tuple[int, int], None, Any]:
     """Apply ``predictor`` tile by tile; yield ``(tiles_done, n_tiles)`` after every batch.
 
     Parameters
     ----------
     image : numpy.ndarray
-        ``(C, H, W)`` with ``(H, W) == plan.shape``.
+        ``(C, H, W)``, or ``(N, C, H, W)`` for N images of the same size that share the
+        plan (their tiles are batched together, so small images still fill a batch), with
+        ``(H, W) == plan.shape``. Any dtype: it is mirror-padded and moved to the device
+        as it is, then converted by ``prepare``.
     predictor : callable
         Maps a batch ``(B, C, *plan.tile)`` to ``(B, K, *plan.out_tile)``; it gets numpy
         arrays, or torch tensors on ``device`` when one is given.
@@ -283,39 +293,52 @@ def iter_tiled(
         Window (see :func:`blend_window`) for the weighted average of overlapping outputs.
     device : str or torch.device, optional
         Work in torch on this device instead of numpy.
+    prepare : callable, optional
+        Maps the padded image (numpy array, or tensor on ``device``) to float32, e.g. an
+        intensity normalisation run on the device; default: a plain cast to float32.
 
     Returns
     -------
     array
-        The stitched ``(K, H, W)`` float32 output (a tensor on ``device`` when given): for
-        every pixel ``sum_i w_i * out_i / sum_i w_i`` over the tiles covering it.
+        The stitched ``(K, H, W)`` (``(N, K, H, W)`` for a 4D input) float32 output (a tensor
+        on ``device`` when given): for every pixel ``sum_i w_i * out_i / sum_i w_i`` over
+        the tiles covering it.
     """
-    if image.ndim != 3 or tuple(image.shape[1:]) != plan.shape:
-        raise ValueError(f"image must be (C, {plan.shape[0]}, {plan.shape[1]}), got {image.shape}")
+    single = getattr(image, "ndim", 0) == 3
+    batch = image[None] if single else image
+    if batch.ndim != 4 or tuple(batch.shape[2:]) != plan.shape:
+        raise ValueError(
+            f"image must be (C, {plan.shape[0]}, {plan.shape[1]}) or "
+            f"(N, C, {plan.shape[0]}, {plan.shape[1]}), got {image.shape}"
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     ops = _Ops(device)
-    src = ops.asarray(mirror_pad(np.asarray(image, np.float32), plan.pad_width))
+    src = ops.asarray(mirror_pad(np.asarray(batch), plan.pad_width))
+    src = ops.float32(src) if prepare is None else prepare(src)
     (th, tw), (oh, ow) = plan.tile, plan.out_tile
     win = ops.asarray(blend_window(plan.out_tile, plan.overlap, blend))
-    origins = plan.origins().tolist()
-    acc, norm = None, ops.zeros(plan.extent)
-    for start in range(0, len(origins), batch_size):
-        chunk = origins[start : start + batch_size]
-        out = predictor(ops.stack([src[:, y : y + th, x : x + tw] for y, x in chunk]))
+    norm = ops.zeros(plan.extent)
+    for y, x in plan.origins().tolist():
+        norm[y : y + oh, x : x + ow] += win
+    jobs = [(n, y, x) for n in range(len(batch)) for y, x in plan.origins().tolist()]
+    acc = None
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        out = predictor(ops.stack([src[n, :, y : y + th, x : x + tw] for n, y, x in chunk]))
         if out.ndim != 4 or out.shape[0] != len(chunk) or tuple(out.shape[2:]) != (oh, ow):
             raise ValueError(
                 f"predictor returned shape {tuple(out.shape)} for {len(chunk)} tiles of "
                 f"{(th, tw)}; expected ({len(chunk)}, K, {oh}, {ow}) (margin {plan.margin})"
             )
         if acc is None:
-            acc = ops.zeros((out.shape[1], *plan.extent))
-        for (y, x), o in zip(chunk, out, strict=True):
-            ops.add_weighted(acc[:, y : y + oh, x : x + ow], o, win)
-            norm[y : y + oh, x : x + ow] += win
-        yield start + len(chunk), len(origins)
+            acc = ops.zeros((len(batch), out.shape[1], *plan.extent))
+        for (n, y, x), o in zip(chunk, out, strict=True):
+            ops.add_weighted(acc[n, :, y : y + oh, x : x + ow], o, win)
+        yield start + len(chunk), len(jobs)
     h, w = plan.shape
-    return acc[:, :h, :w] / norm[:h, :w]
+    result = acc[..., :h, :w] / norm[:h, :w]
+    return result[0] if single else result
 
 
 def tiled_apply(

@@ -194,7 +194,7 @@ def test_segment_widget_odd_images_work(make_napari_viewer, notes, wait_job, mon
         assert np.isfinite(viewer.layers[f"{case} probabilities"].data).all(), case
     assert not notes
     # out of GPU memory (simulated) on batches above one tile: retried smaller, same result
-    real, sizes = inference._make_predictor, []
+    real, sizes = inference.make_predictor, []
 
     def make(*a, **k):
         fn = real(*a, **k)
@@ -213,7 +213,7 @@ def test_segment_widget_odd_images_work(make_napari_viewer, notes, wait_job, mon
     w.start()
     wait_job(w)
     before = np.array(viewer.layers["uint16 0..65535 segmentation"].data)
-    monkeypatch.setattr(inference, "_make_predictor", make)
+    monkeypatch.setattr(inference, "make_predictor", make)
     w.start()
     wait_job(w)
     assert not notes and sizes[0] == 4 and sizes[-1] == 1

@@ -72,3 +72,15 @@ def test_layer_picker_follows_the_layer_list(make_napari_viewer, optional):
     assert picker.findText("renamed") >= 0 and picker.currentText() == "b"
     viewer.layers.remove("b")
     assert picker.findText("b") < 0
+
+
+def test_segment_options_default_to_the_engine_and_halo_reaches_the_config(dock):
+    from napari_unetseg.inference import InferenceConfig
+
+    seg = dock("Segment")
+    cfg, engine = seg._config(), InferenceConfig()
+    assert (cfg.tile, cfg.halo, cfg.overlap) == (engine.tile, "auto", engine.overlap)
+    assert seg.halo.text() == "auto"
+    seg.halo.setValue(0)
+    seg.tile.setValue(256)
+    assert (seg._config().halo, seg._config().tile) == (0, 256)

@@ -66,13 +66,24 @@ class SegmentWidget(QWidget):
         self.tile, self.batch = QSpinBox(), QSpinBox()
         self.tile.setRange(32, 4096)
         self.tile.setSingleStep(32)
-        self.tile.setValue(256)
+        defaults = InferenceConfig()
+        self.tile.setValue(defaults.tile)
+        self.tile.setToolTip("largest input tile; tiles are balanced to cover the image")
+        self.halo = QSpinBox()
+        self.halo.setRange(-1, 512)
+        self.halo.setSpecialValueText("auto")  # -1
+        self.halo.setValue(-1)
+        self.halo.setToolTip(
+            "context pixels around every tile, computed and discarded (U-Net's overlap-tile); "
+            "auto: 48 px for a depth-4 'same' network, 0 for a 'valid' one"
+        )
         self.batch.setRange(0, 256)
         self.batch.setSpecialValueText("auto")
         self.overlap = QDoubleSpinBox()
         self.overlap.setRange(0.0, 0.9)
         self.overlap.setSingleStep(0.05)
-        self.overlap.setValue(0.125)
+        self.overlap.setValue(defaults.overlap)
+        self.overlap.setToolTip("extra overlap of output tiles, blended; not needed with a halo")
         self.device = QComboBox()
         self.device.addItems(_common.available_devices())
         self.tta = QCheckBox("flip test-time augmentation")
@@ -94,8 +105,9 @@ class SegmentWidget(QWidget):
         form = QFormLayout()
         form.addRow("image", self.image_picker)
         form.addRow("segment", self.scope)
-        form.addRow("tile size", self.tile)
-        form.addRow("tile overlap", self.overlap)
+        form.addRow("max tile size", self.tile)
+        form.addRow("tile halo", self.halo)
+        form.addRow("blended overlap", self.overlap)
         form.addRow("batch", self.batch)
         form.addRow("device", self.device)
         form.addRow("", self.tta)
@@ -154,6 +166,7 @@ class SegmentWidget(QWidget):
         batch = self.batch.value()
         return InferenceConfig(
             tile=self.tile.value(), overlap=float(self.overlap.value()),
+            halo="auto" if self.halo.value() < 0 else self.halo.value(),
             batch_size="auto" if batch == 0 else batch, device=self.device.currentText(),
             tta=self.tta.isChecked(), level=self.chosen_level(),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..config import ModelConfig
 from .base import SegmentationNet
 from .describe import count_flops, describe
+from .fuse import fold_batchnorm
 from .resunet import ResUNet
 from .unet import UNet
 from .unetpp import UNetPlusPlus
@@ -24,6 +25,7 @@ __all__ = [
     "build_model",
     "count_flops",
     "describe",
+    "fold_batchnorm",
 ]
 
 #: ``config.arch`` -> network class.
