@@ -21,14 +21,13 @@ import time
 
 import numpy as np
 import torch
+from isbi import load, machine  # benchmarks/isbi.py, beside this script
 
 from napari_unetseg import ModelConfig, presets
 from napari_unetseg.cli import evaluate_arrays
 from napari_unetseg.inference import InferenceConfig, predict
 from napari_unetseg.io import load_model
 from napari_unetseg.training import TrainConfig, fit
-
-from isbi import load, machine  # noqa: I001 - benchmarks/ is the script's own directory
 
 SCHEMES = {  # name: InferenceConfig fields
     "reference: one tile, halo 96": {"tile": 2048, "halo": 96},
@@ -72,7 +71,8 @@ def main(argv: list[str] | None = None) -> dict:
             ref = (probs, out.labels)
         diff = np.abs(probs - ref[0])
         scores = evaluate_arrays(probs, truth, boundary_value=0)
-        row = {"scheme": name, **fields, "labels_differ_pct": 100 * float(np.mean(out.labels != ref[1])),
+        differ = 100 * float(np.mean(out.labels != ref[1]))
+        row = {"scheme": name, **fields, "labels_differ_pct": differ,
                "mean_abs_dp": float(diff.mean()), "max_abs_dp": float(diff.max()),
                "v_rand": scores["v_rand"], "v_info": scores["v_info"],
                "seconds": round(seconds, 2)}  # fmt: skip

@@ -452,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tile", type=int, default=1024, help="largest input tile (default 1024)")
     r.add_argument("--halo", default="auto",
                    help="context pixels per tile side, computed and discarded (U-Net's "
-                        "overlap-tile); auto: 3*2**depth (48 at depth 4) for 'same' networks, 0 for 'valid' ones")
+                        "overlap-tile); auto: 3*2**depth (48 at depth 4) for 'same' "
+                        "networks, 0 for 'valid' ones")
     r.add_argument("--overlap", type=float, default=0.0,
                    help="extra blended overlap of output tiles, a fraction (default 0)")
     r.add_argument("--slices")

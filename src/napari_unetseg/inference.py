@@ -62,8 +62,8 @@ class InferenceConfig:
         Largest input tile side fed to the network (>= 8). For ``same`` models tiles are
         balanced: each axis gets the fewest tiles of at most this size that cover it, each
         as small as that allows, on the ``2**depth`` pooling grid (a 512-pixel slice is one
-        608-pixel tile with the default halo at depth 4). For ``valid`` models it is raised to a valid
-        input size. Images smaller than a tile are mirror-padded up to one tile.
+        608-pixel tile with the default halo at depth 4). For ``valid`` models it is raised
+        to a valid input size. Images smaller than a tile are mirror-padded up to one tile.
     halo : int or "auto"
         Context pixels per tile side that are computed and thrown away, U-Net's overlap-tile
         (Ronneberger et al. 2015): output tiles abut and every output pixel has at least
