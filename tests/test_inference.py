@@ -22,6 +22,8 @@ from napari_unetseg.inference import (
 )
 from napari_unetseg.models import build_model
 from napari_unetseg.normalize import Normalization
+from napari_unetseg.predictor import tile_geometry
+from napari_unetseg.tiling import plan_tiles
 
 IDENTITY = Normalization(0.0, 1.0)
 CPU = {"device": "cpu"}
@@ -403,24 +405,33 @@ def test_halo_tiles_equal_one_pass_over_the_mirror_padded_image(arch):
     assert np.abs(small.probabilities - ref).max() > 1e-5  # the 32-px halo: ~1e-7
 
 
-def test_tiles_are_balanced_and_auto_halo_follows_depth():
+def test_auto_tiling_per_device_and_balanced_tiles():
     model = build_model(ModelConfig(depth=4, width=2, classes=2))
-    plan = _prepare(model, np.zeros((512, 512), np.uint8), None, None, None).plan
-    assert plan.tile == (608, 608) and plan.n_tiles == 1 and plan.margin == 48  # 512 + 2 * 48
-    plan = _prepare(model, np.zeros((2048, 1500), np.uint8), None, None, None).plan
-    assert (len(plan.ys), len(plan.xs)) == (3, 2) and max(plan.tile) <= 1024
-    covered = [n * (t - 2 * plan.margin) for n, t in zip((3, 2), plan.tile, strict=True)]
+    cfg, cuda = model.config, torch.device("cuda")  # resolving settings needs no GPU
+    geo = tile_geometry(model, cfg, (512, 512), cuda)  # CUDA: big tiles with a halo
+    assert geo.tile == (608, 608) and (geo.halo, geo.margin, geo.overlap) == (48, 48, 0.0)
+    geo = tile_geometry(model, cfg, (2048, 1500), cuda)
+    plan = plan_tiles((2048, 1500), geo.tile, overlap=0.0, margin=geo.margin, align=16)
+    assert (len(plan.ys), len(plan.xs)) == (3, 2) and max(geo.tile) <= 1024
+    covered = [n * (t - 2 * geo.margin) for n, t in zip((3, 2), geo.tile, strict=True)]
     assert covered[0] - 2048 < 3 * 16 and covered[1] - 1500 < 2 * 16  # little waste
-    assert _prepare(_model(), np.zeros((64, 64)), None, None, None).halo == 12  # depth 2
-    small = InferenceConfig(tile=32, **CPU)  # auto halo is at most a quarter of the tile
-    assert _prepare(_model(), np.zeros((64, 64)), small, None, None).halo == 8
+    # CPU: 256-pixel tiles, no halo, a blended 1/8 overlap (balanced: 3 x 192 for 512)
+    job = _prepare(model, np.zeros((512, 512), np.uint8), InferenceConfig(**CPU), None, None)
+    assert job.plan.tile == (192, 192) and job.halo == 0 and job.plan.overlap == (24, 24)
+    job = _prepare(model, np.zeros((512, 512)), InferenceConfig(halo=32, **CPU), None, None)
+    assert job.plan.tile == (240, 240) and job.halo == 32 and job.plan.overlap == (0, 0)
+    assert tile_geometry(_model(), _model().config, (64, 64), cuda).halo == 12  # depth 2
+    # auto halo is at most a quarter of the tile
+    assert tile_geometry(_model(), _model().config, (64, 64), cuda, tile=32).halo == 8
     with pytest.raises(ValueError, match="halo"):
         _prepare(_model(padding="valid"), np.zeros((64, 64)), InferenceConfig(halo=8), None, None)
     with pytest.raises(ValueError, match="tile"):
         _prepare(_model(), np.zeros((64, 64)), InferenceConfig(tile=16, halo=8), None, None)
-    for bad in (-1, 2.5, "big", True):
-        with pytest.raises(ValueError, match="halo"):
-            InferenceConfig(halo=bad)
+    for name, bad in (("halo", -1), ("halo", 2.5), ("tile", 4), ("overlap", 1.0)):
+        with pytest.raises((TypeError, ValueError), match=name):
+            InferenceConfig(**{name: bad})
+    with pytest.raises(TypeError, match="tile"):
+        InferenceConfig(tile="big")
 
 
 def test_uint8_crosses_to_the_device_as_uint8_and_is_normalised_there(monkeypatch):

@@ -196,18 +196,20 @@ def _inference_config(args: argparse.Namespace, saved: Any) -> Any:
     """The InferenceConfig of ``predict``'s options (the level only for a UNet++)."""
     from .inference import InferenceConfig
 
-    level, halo = args.level, args.halo
+    level = args.level
     if level not in (None, "accurate"):
         if not level.isdigit():
             raise CliError(f"--level must be 'accurate' or 1..depth, got {level!r}")
         level = int(level)
     level = None if saved.config.arch != "unetpp" else (level or "accurate")
-    if halo != "auto":
-        if not halo.isdigit():
-            raise CliError(f"--halo must be 'auto' or pixels >= 0, got {halo!r}")
-        halo = int(halo)
-    return InferenceConfig(tile=args.tile, overlap=args.overlap, halo=halo, device=args.device,
-                           tta=args.tta, level=level)
+    tiling = {}
+    for name, kind in (("tile", int), ("halo", int), ("overlap", float)):
+        value = getattr(args, name)
+        try:
+            tiling[name] = value if value == "auto" else kind(value)
+        except ValueError:
+            raise CliError(f"--{name} must be 'auto' or a number, got {value!r}") from None
+    return InferenceConfig(device=args.device, tta=args.tta, level=level, **tiling)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -449,13 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", dest="output", required=True, metavar="OUT.tif",
                    help="TIFF file to write, or OUT.zarr: blockwise, resumable (see --block)")
     r.add_argument("--level", default=None, help="UNet++: accurate or 1..depth")
-    r.add_argument("--tile", type=int, default=1024, help="largest input tile (default 1024)")
+    r.add_argument("--tile", default="auto",
+                   help="largest input tile in pixels; auto: 1024 on CUDA, 256 on a CPU")
     r.add_argument("--halo", default="auto",
                    help="context pixels per tile side, computed and discarded (U-Net's "
-                        "overlap-tile); auto: 3*2**depth (48 at depth 4) for 'same' "
-                        "networks, 0 for 'valid' ones")
-    r.add_argument("--overlap", type=float, default=0.0,
-                   help="extra blended overlap of output tiles, a fraction (default 0)")
+                        "overlap-tile); auto: 3*2**depth (48 at depth 4) on CUDA, 0 on a CPU")
+    r.add_argument("--overlap", default="auto",
+                   help="blended overlap of output tiles, a fraction; auto: 0 with a halo, "
+                        "else 0.125")
     r.add_argument("--slices")
     r.add_argument("--output", dest="output_kind",
                    choices=["probabilities", "labels", "instances"], default="labels",

@@ -28,7 +28,7 @@ from .predictor import (
     Chunked,
     amp_dtype,
     auto_batch,
-    check_halo,
+    check_auto,
     inference_network,
     make_predictor,
     tile_geometry,
@@ -58,23 +58,26 @@ class InferenceConfig:
 
     Parameters
     ----------
-    tile : int
-        Largest input tile side fed to the network (>= 8). For ``same`` models tiles are
-        balanced: each axis gets the fewest tiles of at most this size that cover it, each
-        as small as that allows, on the ``2**depth`` pooling grid (a 512-pixel slice is one
-        608-pixel tile with the default halo at depth 4). For ``valid`` models it is raised
-        to a valid input size. Images smaller than a tile are mirror-padded up to one tile.
+    tile : int or "auto"
+        Largest input tile side fed to the network (>= 8); "auto": 1024 on CUDA (large
+        tiles keep the GPU busy and make the halo cheap), 256 elsewhere (small tiles stay in
+        the CPU caches). For ``same`` models tiles are balanced: each axis gets the fewest
+        tiles of at most this size that cover it, each as small as that allows, on the
+        ``2**depth`` pooling grid (on CUDA a 512-pixel slice is one 608-pixel tile). For
+        ``valid`` models it is raised to a valid input size. Images smaller than a tile are
+        mirror-padded up to one tile.
     halo : int or "auto"
         Context pixels per tile side that are computed and thrown away, U-Net's overlap-tile
         (Ronneberger et al. 2015): output tiles abut and every output pixel has at least
-        this much real (or mirrored) image around it. "auto": ``3 * 2**depth`` px (48 at
-        depth 4, half a U-Net's receptive-field radius; at most a quarter of the tile) for
-        ``same`` models, 0 for ``valid`` models, whose exact margin is discarded anyway.
-        Rounded up to the pooling grid.
-    overlap : float
-        Extra overlap of neighbouring output tiles, a fraction of the output tile in
-        ``[0, 1)``, blended with ``blend``; with a halo none is needed. ``valid`` models
-        give the same result for any overlap (0 is fastest).
+        this much real (or mirrored) image around it. "auto": on CUDA ``3 * 2**depth`` px
+        (48 at depth 4, half a U-Net's receptive-field radius; at most a quarter of the
+        tile), elsewhere 0 (on small CPU tiles a halo would double the work; the blended
+        overlap hides the seams instead); always 0 for ``valid`` models, whose exact margin
+        is discarded anyway. Rounded up to the pooling grid.
+    overlap : float or "auto"
+        Overlap of neighbouring output tiles, a fraction of the output tile in ``[0, 1)``,
+        blended with ``blend``; "auto": 0 with a halo (none is needed), else 0.125.
+        ``valid`` models give the same result for any overlap (0 is fastest).
     batch_size : int or "auto"
         Tiles per forward pass; "auto" sizes it from free CUDA memory (1 on CPU/MPS).
         Tiles of several slices share a batch when a slice has fewer tiles than that.
@@ -95,8 +98,8 @@ class InferenceConfig:
         Window for blending overlapping tiles (see :func:`napari_unetseg.tiling.blend_window`).
     """
 
-    tile: int = 1024
-    overlap: float = 0.0
+    tile: int | str = "auto"
+    overlap: float | str = "auto"
     batch_size: int | str = "auto"
     device: str = "auto"
     tta: bool = False
@@ -111,14 +114,8 @@ class InferenceConfig:
 
     def validate(self) -> None:
         """Raise ValueError/TypeError naming the bad field and what is allowed."""
-        if isinstance(self.tile, bool) or not isinstance(self.tile, numbers.Integral):
-            raise TypeError(f"tile must be an int, got {self.tile!r}")
-        if self.tile < 8:
-            raise ValueError(f"tile must be >= 8, got {self.tile}")
-        if isinstance(self.overlap, bool) or not isinstance(self.overlap, numbers.Real):
-            raise TypeError(f"overlap must be a fraction (float), got {self.overlap!r}")
-        if not 0 <= self.overlap < 1:
-            raise ValueError(f"overlap must be a fraction in [0, 1), got {self.overlap}")
+        for name in ("tile", "halo", "overlap"):
+            check_auto(name, getattr(self, name), name)
         b = self.batch_size
         if b != "auto" and (isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 1):
             raise ValueError(f"batch_size must be 'auto' or an int >= 1, got {b!r}")
@@ -126,7 +123,6 @@ class InferenceConfig:
             raise ValueError(
                 f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got {self.device!r}"
             )
-        check_halo(self.halo)
         if not isinstance(self.tta, bool):
             raise TypeError(f"tta must be a bool, got {self.tta!r}")
         lv = self.level
@@ -348,11 +344,10 @@ def _prepare(model: Any, image: Any, config: Any, channel_axis: Any, slices: Any
     level = _resolve_level(cfg, config.level)
     device = resolve_device(config.device)
     amp = amp_dtype(config.amp, device)
-    tile, margin, align, halo = tile_geometry(
-        model, cfg, config.tile, lay.shape, halo=config.halo, overlap=config.overlap
-    )
-    plan = plan_tiles(lay.shape, tile, overlap=config.overlap, margin=margin, align=align)
-    return _Job(config, lay, indices, cfg.classes, level, device, amp, plan, halo)
+    geo = tile_geometry(model, cfg, lay.shape, device, tile=config.tile, halo=config.halo,
+                        overlap=config.overlap)  # fmt: skip
+    plan = plan_tiles(lay.shape, geo.tile, overlap=geo.overlap, margin=geo.margin, align=geo.align)
+    return _Job(config, lay, indices, cfg.classes, level, device, amp, plan, geo.halo)
 
 
 def _run_group(

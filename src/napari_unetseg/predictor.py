@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from .models.fuse import fold_batchnorm
 
 __all__ = [
     "AUTO_HALO_UNITS",
+    "AUTO_OVERLAP",
+    "AUTO_TILE",
+    "Geometry",
     "Chunked",
     "amp_dtype",
     "auto_batch",
@@ -36,11 +39,11 @@ __all__ = [
     "tile_geometry",
 ]
 
-#: ``halo="auto"`` for a ``same``-padded network of depth d is ``AUTO_HALO_UNITS * 2**d``
-#: pixels: half the receptive-field radius of a U-Net of that depth (``6 * 2**d - 4``), 48 px
-#: at depth 4. On ISBI 2012 a trained depth-4 U-Net tiled with a 48-px halo gives the same
-#: V_Rand / V_Info as one pass over the whole slice; 16 or 32 px leave seams that cost V_Rand
-#: 0.01-0.02 (benchmarks/halo.py, docs/performance.md "Halo").
+#: ``halo="auto"`` on CUDA for a ``same``-padded network of depth d is
+#: ``AUTO_HALO_UNITS * 2**d`` pixels: half the receptive-field radius of a U-Net of that
+#: depth (``6 * 2**d - 4``), 48 px at depth 4. On ISBI 2012 a trained depth-4 U-Net tiled
+#: with a 48-px halo gives the same V_Rand / V_Info as one pass over the whole slice; 16 or
+#: 32 px leave seams that cost V_Rand 0.01-0.02 (benchmarks/halo.py, docs/performance.md).
 AUTO_HALO_UNITS = 3
 _CPU_BATCH, _MAX_BATCH = 1, 64  # CPU: batching tiles only adds memory traffic
 
@@ -70,10 +73,26 @@ def _balanced_out(n: int, out_max: int, overlap: float, align: int) -> int:
     return out_max
 
 
-def resolve_halo(halo: int | str, margin: int, tile: int, align: int) -> int:
-    """The halo in pixels: 0 for a ``valid`` network (its margin is exact already); for a
-    ``same`` one ``AUTO_HALO_UNITS * align`` (at most a quarter of the tile) or the given
-    value, rounded up to the pooling grid ``align``."""
+#: ``tile="auto"``: large tiles keep a GPU busy and make the halo cheap; on a CPU small tiles
+#: stay in cache (the "fast" U-Net computes the same pixels ~1.5x faster in 256-px tiles than
+#: in 1024-px ones on 2 cores, benchmarks/infer_speed.py).
+AUTO_TILE = {"cuda": 1024, "other": 256}
+#: ``overlap="auto"`` without a halo: blended overlap that hides the seams of zero padding
+AUTO_OVERLAP = 0.125
+
+
+class Geometry(NamedTuple):
+    """The tiling of one image: input tile per axis, what the predictor loses per side
+    (network margin + halo), the pooling grid, the halo it crops and the blended overlap."""
+
+    tile: tuple[int, int]
+    margin: int
+    align: int
+    halo: int
+    overlap: float
+
+
+def _resolve_halo(halo: int | str, margin: int, tile: int, align: int, big: bool) -> int:
     if margin:
         if halo not in ("auto", 0):
             raise ValueError(
@@ -82,30 +101,38 @@ def resolve_halo(halo: int | str, margin: int, tile: int, align: int) -> int:
             )
         return 0
     if halo == "auto":
-        return min(AUTO_HALO_UNITS * align, tile // 4 // align * align)
+        return min(AUTO_HALO_UNITS * align, tile // 4 // align * align) if big else 0
     return _ceil_to(int(halo), align)
 
 
 def tile_geometry(
-    model: Any, cfg: ModelConfig, tile: int, shape: tuple[int, int], *,
-    halo: int | str = 0, overlap: float = 0.0,
-) -> tuple[tuple[int, int], int, int, int]:  # fmt: skip
-    """Input tile per axis, margin (network margin + halo), alignment and halo.
+    model: Any, cfg: ModelConfig, shape: tuple[int, int], device: torch.device, *,
+    tile: int | str = "auto", halo: int | str = "auto", overlap: float | str = "auto",
+) -> Geometry:  # fmt: skip
+    """Resolve the "auto" tiling settings for ``device`` and size the tiles of an image.
 
-    ``tile`` is the largest input tile. For a ``same`` network each axis gets the fewest
-    tiles of at most that size that cover it, each as small as that allows (a 512-pixel
-    slice with a 1024 tile and a 48-pixel halo is one 608-pixel tile, not a 1024 one), on
-    the ``2**depth`` pooling grid so that a tile sees the same grid as the whole image.
+    ``tile`` is the largest input tile ("auto": ``AUTO_TILE``). ``halo`` "auto" is
+    ``AUTO_HALO_UNITS * 2**depth`` px on CUDA (at most a quarter of the tile) and 0 on other
+    devices, whose small tiles would spend too much on it; always 0 for a ``valid`` network,
+    whose exact margin is discarded anyway. ``overlap`` "auto" is 0 with a halo and
+    ``AUTO_OVERLAP`` without one. For a ``same`` network each axis gets the fewest tiles of
+    at most ``tile`` that cover it, each as small as that allows (a 512-pixel slice with a
+    1024 tile and a 48-pixel halo is one 608-pixel tile), on the ``2**depth`` pooling grid
+    so that a tile sees the same grid as the whole image.
     """
+    big = device.type == "cuda"
+    if tile == "auto":
+        tile = AUTO_TILE["cuda" if big else "other"]
     align, margin = 2**cfg.depth, int(getattr(model, "margin", 0))
+    h = _resolve_halo(halo, margin, tile, align, big)
+    if overlap == "auto":
+        overlap = 0.0 if h or margin else AUTO_OVERLAP
     if margin:
-        resolve_halo(halo, margin, tile, align)  # raises on a halo for a valid network
         sizes = tuple(
             int(model.valid_input_size(max(min(tile, n + 2 * margin), 2 * margin + align)))
             for n in shape
         )
-        return sizes, margin, align, 0
-    h = resolve_halo(halo, 0, tile, align)
+        return Geometry(sizes, margin, align, 0, float(overlap))
     out_max = max(align, tile // align * align) - 2 * h
     if out_max < align:
         raise ValueError(
@@ -113,7 +140,7 @@ def tile_geometry(
             f"{align}-px pooling grid); use a tile of at least {2 * h + align} or a smaller halo"
         )
     sizes = tuple(_balanced_out(n, out_max, overlap, align) + 2 * h for n in shape)
-    return sizes, h, align, h
+    return Geometry(sizes, h, align, h, float(overlap))
 
 
 def _channels_last(device: torch.device) -> bool:
@@ -201,9 +228,19 @@ def auto_batch(fn: Callable, channels: int, tile: tuple, device: torch.device, n
     return int(np.clip(avail // 2 // per_tile, 1, min(_MAX_BATCH, n)))
 
 
-def check_halo(halo: Any) -> None:
-    """Raise TypeError/ValueError unless ``halo`` is "auto" or an int >= 0."""
-    if halo == "auto" and isinstance(halo, str):
+def check_auto(name: str, value: Any, kind: str) -> None:
+    """Raise TypeError/ValueError unless ``value`` is "auto" or a valid ``kind``: "tile"
+    (int >= 8), "halo" (int >= 0) or "overlap" (fraction in [0, 1))."""
+    if isinstance(value, str) and value == "auto":
         return
-    if isinstance(halo, bool) or not isinstance(halo, numbers.Integral) or halo < 0:
-        raise ValueError(f"halo must be 'auto' or an int >= 0 (pixels), got {halo!r}")
+    if kind == "overlap":
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be 'auto' or a fraction (float), got {value!r}")
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be 'auto' or a fraction in [0, 1), got {value}")
+        return
+    low = 8 if kind == "tile" else 0
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be 'auto' or an int (pixels), got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be 'auto' or an int >= {low} (pixels), got {value}")

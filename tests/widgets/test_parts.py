@@ -79,8 +79,9 @@ def test_segment_options_default_to_the_engine_and_halo_reaches_the_config(dock)
 
     seg = dock("Segment")
     cfg, engine = seg._config(), InferenceConfig()
-    assert (cfg.tile, cfg.halo, cfg.overlap) == (engine.tile, "auto", engine.overlap)
-    assert seg.halo.text() == "auto"
+    assert (cfg.tile, cfg.halo, cfg.overlap) == (engine.tile, engine.halo, engine.overlap)
+    assert [w.text() for w in (seg.tile, seg.halo, seg.overlap)] == ["auto"] * 3
     seg.halo.setValue(0)
     seg.tile.setValue(256)
-    assert (seg._config().halo, seg._config().tile) == (0, 256)
+    seg.overlap.setValue(0.25)
+    assert (seg._config().halo, seg._config().tile, seg._config().overlap) == (0, 256, 0.25)

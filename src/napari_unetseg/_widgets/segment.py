@@ -64,26 +64,33 @@ class SegmentWidget(QWidget):
         self.scope = QComboBox()
         self.scope.addItems(list(SCOPES))
         self.tile, self.batch = QSpinBox(), QSpinBox()
-        self.tile.setRange(32, 4096)
+        self.tile.setRange(0, 4096)
         self.tile.setSingleStep(32)
-        defaults = InferenceConfig()
-        self.tile.setValue(defaults.tile)
-        self.tile.setToolTip("largest input tile; tiles are balanced to cover the image")
+        self.tile.setSpecialValueText("auto")  # 0
+        self.tile.setValue(0)
+        self.tile.setToolTip(
+            "largest input tile; tiles are balanced to cover the image; auto: 1024 px on "
+            "CUDA, 256 px on a CPU"
+        )
         self.halo = QSpinBox()
         self.halo.setRange(-1, 512)
         self.halo.setSpecialValueText("auto")  # -1
         self.halo.setValue(-1)
         self.halo.setToolTip(
             "context pixels around every tile, computed and discarded (U-Net's overlap-tile); "
-            "auto: 48 px for a depth-4 'same' network, 0 for a 'valid' one"
+            "auto: 48 px for a depth-4 'same' network on CUDA, 0 on a CPU and for 'valid' "
+            "networks"
         )
         self.batch.setRange(0, 256)
         self.batch.setSpecialValueText("auto")
         self.overlap = QDoubleSpinBox()
-        self.overlap.setRange(0.0, 0.9)
+        self.overlap.setRange(-0.05, 0.9)
         self.overlap.setSingleStep(0.05)
-        self.overlap.setValue(defaults.overlap)
-        self.overlap.setToolTip("extra overlap of output tiles, blended; not needed with a halo")
+        self.overlap.setSpecialValueText("auto")  # -0.05
+        self.overlap.setValue(-0.05)
+        self.overlap.setToolTip(
+            "overlap of output tiles, blended, a fraction; auto: 0 with a halo, else 0.125"
+        )
         self.device = QComboBox()
         self.device.addItems(_common.available_devices())
         self.tta = QCheckBox("flip test-time augmentation")
@@ -165,8 +172,9 @@ class SegmentWidget(QWidget):
     def _config(self) -> InferenceConfig:
         batch = self.batch.value()
         return InferenceConfig(
-            tile=self.tile.value(), overlap=float(self.overlap.value()),
+            tile=self.tile.value() or "auto",
             halo="auto" if self.halo.value() < 0 else self.halo.value(),
+            overlap="auto" if self.overlap.value() < 0 else float(self.overlap.value()),
             batch_size="auto" if batch == 0 else batch, device=self.device.currentText(),
             tta=self.tta.isChecked(), level=self.chosen_level(),
         )
