@@ -67,10 +67,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     model = build_model(ModelConfig(depth=args.depth, width=args.width, classes=2)).eval()
     net = inference_network(model, device)
-    record: dict = {"machine": {"host": platform.node(), "cpu": platform.processor(),
-                                "threads": args.threads, "device": str(device),
-                                "torch": torch.__version__},
-                    "width": args.width, "depth": args.depth, "network": [], "runs": []}  # fmt: skip
+    info = {"host": platform.node(), "cpu": platform.processor(), "threads": args.threads,
+            "device": str(device), "torch": torch.__version__}  # fmt: skip
+    record: dict = {"machine": info, "width": args.width, "depth": args.depth,
+                    "network": [], "runs": []}  # fmt: skip
     print(f"network alone ({device}): megapixels per second by tile size")
     for t in (128, 256, 384, 512, 768, 1024):
         x = torch.rand(1, 1, t, t, device=device).contiguous(memory_format=torch.channels_last)
@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
         record["network"].append({"tile": t, "mpix_per_s": round(t * t / secs / 1e6, 3)})
         print(f"  tile {t:5}: {t * t / secs / 1e6:7.2f} MP/s")
     rng = np.random.default_rng(0)
-    inputs = {"stack " + "x".join(map(str, args.stack)): rng.integers(0, 256, args.stack, np.uint8),
-              f"image {args.image}^2": rng.integers(0, 256, (args.image,) * 2, np.uint8)}  # fmt: skip
+    stack = rng.integers(0, 256, args.stack, np.uint8)
+    image = rng.integers(0, 256, (args.image, args.image), np.uint8)
+    inputs = {"stack " + "x".join(map(str, args.stack)): stack, f"image {args.image}^2": image}
     norm = Normalization(0.0, 255.0)
     print(f"\n{'input':<22}{'tile':>6}{'halo':>6}{'overlap':>9}{'seconds':>9}{'MP/s':>8}")
     for label, data in inputs.items():
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
 
             secs = _best(run, args.repeat, device)
             row = {"input": label, "tile": tile, "halo": halo, "overlap": overlap,
-                   "seconds": round(secs, 3), "mpix_per_s": round(data.size / secs / 1e6, 3)}  # fmt: skip
+                   "seconds": round(secs, 3),
+                   "mpix_per_s": round(data.size / secs / 1e6, 3)}  # fmt: skip
             record["runs"].append(row)
             print(f"{label:<22}{tile!s:>6}{halo!s:>6}{overlap!s:>9}{secs:>9.2f}"
                   f"{row['mpix_per_s']:>8.2f}")  # fmt: skip
