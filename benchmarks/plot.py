@@ -1,10 +1,12 @@
 """Draw the benchmark JSON records as one SVG bar chart (no plotting library needed).
 
-    python benchmarks/plot.py --infer out/infer_cpu.json --train out/train_cpu.json \
-        --levels out/levels_cpu.log -o docs/images/performance.svg
+    python benchmarks/plot.py --infer docs/benchmarks/infer_cpu.json \
+        --train docs/benchmarks/train_cpu.json --levels docs/benchmarks/levels_cpu.json \
+        -o docs/images/performance.svg
 
 Each panel shows one benchmark's numbers from a single run, so bars within a panel compare
-methods measured side by side on the same machine.
+methods measured side by side on the same machine; inference bars also give each method's
+speed ratio to the record's baseline (MONAI, or the naive loop without it).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import json
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-W, BAR_H, GAP, LEFT, RIGHT = 720, 18, 6, 210, 90
-COLORS = ["#3b7dd8", "#e07b39", "#4aa564", "#b04fb0", "#888888"]
+W, BAR_H, GAP, LEFT, RIGHT = 720, 18, 6, 210, 160
+COLORS = ["#3b7dd8", "#e07b39", "#4aa564", "#b04fb0", "#888888", "#c9a227", "#2aa7a7"]
+Row = tuple[str, float] | tuple[str, float, str]  # label, value, optional note after the unit
 
 
 def _json_from(path: Path) -> dict:
@@ -28,24 +31,30 @@ def _json_from(path: Path) -> dict:
         return json.loads(last)
 
 
-def panel(title: str, rows: list[tuple[str, float]], unit: str, y: int) -> tuple[str, int]:
-    top = max((v for _, v in rows), default=1.0) or 1.0
+def panel(title: str, rows: list[Row], unit: str, y: int) -> tuple[str, int]:
+    top = max((r[1] for r in rows), default=1.0) or 1.0
     out = [f'<text x="10" y="{y + 14}" font-weight="bold">{escape(title)}</text>']
     y += 24
-    for i, (label, value) in enumerate(rows):
+    for i, (label, value, *note) in enumerate(rows):
         w = (W - LEFT - RIGHT) * value / top
         color = COLORS[i % len(COLORS)]
         out.append(f'<text x="{LEFT - 8}" y="{y + 13}" text-anchor="end">{escape(label)}</text>')
         out.append(f'<rect x="{LEFT}" y="{y}" width="{w:.1f}" height="{BAR_H}" fill="{color}"/>')
-        out.append(f'<text x="{LEFT + w + 6:.1f}" y="{y + 13}">{value:.3g} {escape(unit)}</text>')
+        text = f"{value:.3g} {unit}" + (f", {note[0]}" if note else "")
+        out.append(f'<text x="{LEFT + w + 6:.1f}" y="{y + 13}">{escape(text)}</text>')
         y += BAR_H + GAP
     return "\n".join(out), y + 14
 
 
-def infer_rows(rec: dict) -> list[tuple[str, list[tuple[str, float]]]]:
-    groups: dict[str, list[tuple[str, float]]] = {}
+def infer_rows(rec: dict) -> list[tuple[str, list[Row]]]:
+    """Per input: (method, MP/s, "N.NN× baseline") rows (benchmarks/infer_speed.py)."""
+    base = rec.get("ratio_baseline")
+    groups: dict[str, list[Row]] = {}
     for r in rec["results"]:
-        groups.setdefault(r["input"], []).append((r["method"], float(r["mpix_per_s"])))
+        row: Row = (r["method"], float(r["mpix_per_s"]))
+        if base and r.get("ratio") is not None:
+            row = (*row, f"{r['ratio']:.2f}× {base}")
+        groups.setdefault(r["input"], []).append(row)
     return list(groups.items())
 
 
@@ -60,7 +69,8 @@ def main() -> None:
     parts, y = [], 10
     if args.infer:
         for name, rows in infer_rows(_json_from(args.infer)):
-            svg, y = panel(f"Inference, {name} ({args.machine})", rows, "MP/s", y)
+            title = f"Inference, {name}, uint8 to labels ({args.machine})"
+            svg, y = panel(title, rows, "MP/s", y)
             parts.append(svg)
     if args.train:
         rec = _json_from(args.train)

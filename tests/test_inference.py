@@ -415,11 +415,11 @@ def test_auto_tiling_per_device_and_balanced_tiles():
     assert (len(plan.ys), len(plan.xs)) == (3, 2) and max(geo.tile) <= 1024
     covered = [n * (t - 2 * geo.margin) for n, t in zip((3, 2), geo.tile, strict=True)]
     assert covered[0] - 2048 < 3 * 16 and covered[1] - 1500 < 2 * 16  # little waste
-    # CPU: 256-pixel tiles, no halo, a blended 1/8 overlap (balanced: 3 x 192 for 512)
+    # CPU: 384-pixel tiles, no halo, a blended 1/8 overlap (balanced: 2 x 288 for 512)
     job = _prepare(model, np.zeros((512, 512), np.uint8), InferenceConfig(**CPU), None, None)
-    assert job.plan.tile == (192, 192) and job.halo == 0 and job.plan.overlap == (24, 24)
+    assert job.plan.tile == (288, 288) and job.halo == 0 and job.plan.overlap == (36, 36)
     job = _prepare(model, np.zeros((512, 512)), InferenceConfig(halo=32, **CPU), None, None)
-    assert job.plan.tile == (240, 240) and job.halo == 32 and job.plan.overlap == (0, 0)
+    assert job.plan.tile == (320, 320) and job.halo == 32 and job.plan.overlap == (0, 0)
     assert tile_geometry(_model(), _model().config, (64, 64), cuda).halo == 12  # depth 2
     # auto halo is at most a quarter of the tile
     assert tile_geometry(_model(), _model().config, (64, 64), cuda, tile=32).halo == 8

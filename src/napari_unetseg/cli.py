@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TIFF file to write, or OUT.zarr: blockwise, resumable (see --block)")
     r.add_argument("--level", default=None, help="UNet++: accurate or 1..depth")
     r.add_argument("--tile", default="auto",
-                   help="largest input tile in pixels; auto: 1024 on CUDA, 256 on a CPU")
+                   help="largest input tile in pixels; auto: 1024 on CUDA, 384 on a CPU")
     r.add_argument("--halo", default="auto",
                    help="context pixels per tile side, computed and discarded (U-Net's "
                         "overlap-tile); auto: 3*2**depth (48 at depth 4) on CUDA, 0 on a CPU")

@@ -60,8 +60,8 @@ class InferenceConfig:
     ----------
     tile : int or "auto"
         Largest input tile side fed to the network (>= 8); "auto": 1024 on CUDA (large
-        tiles keep the GPU busy and make the halo cheap), 256 elsewhere (small tiles stay in
-        the CPU caches). For ``same`` models tiles are balanced: each axis gets the fewest
+        tiles keep the GPU busy and make the halo cheap), 384 elsewhere (the fastest
+        measured on a CPU). For ``same`` models tiles are balanced: each axis gets the fewest
         tiles of at most this size that cover it, each as small as that allows, on the
         ``2**depth`` pooling grid (on CUDA a 512-pixel slice is one 608-pixel tile). For
         ``valid`` models it is raised to a valid input size. Images smaller than a tile are
@@ -71,8 +71,8 @@ class InferenceConfig:
         (Ronneberger et al. 2015): output tiles abut and every output pixel has at least
         this much real (or mirrored) image around it. "auto": on CUDA ``3 * 2**depth`` px
         (48 at depth 4, half a U-Net's receptive-field radius; at most a quarter of the
-        tile), elsewhere 0 (on small CPU tiles a halo would double the work; the blended
-        overlap hides the seams instead); always 0 for ``valid`` models, whose exact margin
+        tile), elsewhere 0 (on small CPU tiles a halo costs more than the blended overlap
+        that hides the seams instead); always 0 for ``valid`` models, whose exact margin
         is discarded anyway. Rounded up to the pooling grid.
     overlap : float or "auto"
         Overlap of neighbouring output tiles, a fraction of the output tile in ``[0, 1)``,

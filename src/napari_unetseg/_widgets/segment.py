@@ -70,7 +70,7 @@ class SegmentWidget(QWidget):
         self.tile.setValue(0)
         self.tile.setToolTip(
             "largest input tile; tiles are balanced to cover the image; auto: 1024 px on "
-            "CUDA, 256 px on a CPU"
+            "CUDA, 384 px on a CPU"
         )
         self.halo = QSpinBox()
         self.halo.setRange(-1, 512)
