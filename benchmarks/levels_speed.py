@@ -31,7 +31,10 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--slices", type=int, default=3)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--tile", default="auto", help="as the widget: auto tiling for the device")
+    p.add_argument("--json", default=None, help="also write the JSON record here")
     args = p.parse_args()
+    tile = args.tile if args.tile == "auto" else int(args.tile)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
     cfg = ModelConfig(arch="unetpp", depth=args.depth, width=args.width)
@@ -43,7 +46,7 @@ def main() -> None:
     norm = Normalization(0.0, 255.0)
     rows = []
     for level in ["accurate", *range(1, args.depth + 1)]:
-        cfg_inf = InferenceConfig(tile=args.size, device=device, level=level)
+        cfg_inf = InferenceConfig(tile=tile, device=device, level=level)
         predict(model, image[:1], normalization=norm, config=cfg_inf)  # warm-up
         best = float("inf")
         for _ in range(args.repeat):
@@ -69,8 +72,12 @@ def main() -> None:
     for r in rows:
         print(f"{r['level']:9s} {r['params']:>10,d} {r['flops_per_pixel'] / 1e3:>9.0f} "
               f"{r['ms_per_slice']:>9.1f} {r['time_vs_accurate']:>7.3f}")
-    print(json.dumps({"benchmark": "unetpp levels", "device": device, "machine": machine,
-                      "depth": args.depth, "width": args.width, "rows": rows}))
+    record = {"benchmark": "unetpp levels", "device": device, "machine": machine,
+              "depth": args.depth, "width": args.width, "tile": args.tile, "rows": rows}
+    print(json.dumps(record))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
 
 
 if __name__ == "__main__":
