@@ -62,7 +62,8 @@ def train_budgeted(image, labels, model_cfg, base: dict, seconds: float):
 
 
 def score(result, image, gt, level, args):
-    cfg = InferenceConfig(tile=args.tile, device=args.device, tta=not args.no_tta, level=level)
+    tile = args.tile if args.tile == "auto" else int(args.tile)
+    cfg = InferenceConfig(tile=tile, device=args.device, tta=not args.no_tta, level=level)
     t0 = time.perf_counter()
     res = predict(result.model, image, normalization=result.normalization, config=cfg)
     if args.device != "cpu" and torch.cuda.is_available():
@@ -87,7 +88,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--patch", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--tile", default="auto", help="largest tile; auto: the engine's choice")
     p.add_argument("--loss", default="ce")
     p.add_argument("--no-tta", action="store_true")
     p.add_argument("--small", action="store_true", help="tiny CPU smoke settings")
