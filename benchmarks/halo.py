@@ -38,7 +38,8 @@ SCHEMES = {  # name: InferenceConfig fields
     "tile 256, halo 48": {"tile": 256, "halo": 48},
     "tile 256, halo 64": {"tile": 256, "halo": 64},
     "tile 1024, halo 32": {"tile": 1024, "halo": 32},
-    "tile 1024, halo 48 (default)": {"tile": 1024, "halo": 48},
+    "tile 1024, halo 48 (CUDA default)": {"tile": 1024, "halo": 48},
+    "tile 384, overlap 0.125, no halo (CPU default)": {"tile": 384, "halo": 0, "overlap": 0.125},
 }
 
 
