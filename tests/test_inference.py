@@ -349,13 +349,33 @@ def test_cuda_matches_cpu_and_auto_batch_and_amp(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # compare in true fp32
     model, stack = _model(depth=3, width=8), _img((2, 150, 130))
     kw = {"normalization": IDENTITY}
-    cpu = predict(model, stack, config=InferenceConfig(tile=64, **CPU), **kw)
-    gpu = predict(model, stack, config=InferenceConfig(tile=64, device="cuda", amp="off"), **kw)
+    tiling = {"tile": 64, "halo": 0, "overlap": 0.125}  # "auto" differs per device
+    cpu = predict(model, stack, config=InferenceConfig(**tiling, **CPU), **kw)
+    gpu = predict(model, stack, config=InferenceConfig(**tiling, device="cuda", amp="off"), **kw)
     assert next(model.parameters()).device.type == "cuda"
     np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=1e-4)
-    bf16 = predict(model, stack, config=InferenceConfig(tile=64, device="cuda", amp="bf16"), **kw)
+    bf16 = predict(model, stack, config=InferenceConfig(**tiling, device="cuda", amp="bf16"), **kw)
     assert np.abs(bf16.probabilities - cpu.probabilities).mean() < 0.02
     assert np.mean(bf16.labels == cpu.labels) > 0.95
+
+
+@cuda
+def test_cuda_auto_tiling_batches_slices_and_copies_back_asynchronously(monkeypatch):
+    """uint8 upload, halo tiles, slices sharing a batch, pinned copies written one group late."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    model, norm = _model(depth=3, width=8), Normalization(10.0, 240.0)
+    stack = np.random.default_rng(5).integers(0, 256, (5, 100, 90), dtype=np.uint8)
+    job = _prepare(model, stack, InferenceConfig(device="cuda"), None, None)
+    assert job.halo == 24 and job.plan.tile == (152, 144)  # one tile per slice
+    probs = np.full((5, 3, 100, 90), -1, np.float32)
+    labels = np.full((5, 100, 90), 255, np.uint8)
+    cfg = InferenceConfig(device="cuda", amp="off", batch_size=2)
+    res = predict(model, stack, normalization=norm, config=cfg, out=(probs, labels))
+    assert res.probabilities is probs and probs.min() >= 0 and labels.max() < 3
+    same = InferenceConfig(tile=1024, halo=24, overlap=0.0, **CPU)
+    cpu = predict(model.cpu(), stack, normalization=norm, config=same)
+    np.testing.assert_allclose(probs, cpu.probabilities, atol=1e-4)
+    assert np.mean(labels == cpu.labels) > 0.999
 
 
 @cuda
