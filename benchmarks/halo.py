@@ -16,11 +16,11 @@ The model must not have seen slices 25-29 (``napari-unetseg train ... --slices 0
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 import torch
+from _record import emit  # benchmarks/_record.py, beside this script
 from isbi import load, machine  # benchmarks/isbi.py, beside this script
 
 from napari_unetseg import ModelConfig, presets
@@ -83,11 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{seconds:>7.2f}s")  # fmt: skip
     record = {"machine": machine(args.device), "torch_threads": torch.get_num_threads(),
               "slices": "25-29", "rows": rows}  # fmt: skip
-    print(json.dumps(record))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
-    return record
+    return emit(record, args.json)
 
 
 if __name__ == "__main__":

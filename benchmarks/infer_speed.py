@@ -51,7 +51,6 @@ import contextlib
 import copy
 import ctypes
 import gc
-import json
 import os
 import platform
 import sys
@@ -62,6 +61,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _record import emit  # benchmarks/_record.py, beside this script
 from scipy.ndimage import gaussian_filter
 
 import napari_unetseg.predictor as predictor_mod
@@ -419,11 +419,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{rows[MONAI]['seconds'] / rows['tiler']['seconds']:.2f}x MONAI here "
                   f"(issue 5 asks >= {want}x on CUDA; H100 MONAI reference {ref:g} MP/s); "
                   f"foreground {100 * float(np.mean(labels['tiler'])):.1f} %")  # fmt: skip
-    print(json.dumps(record))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
-    return record
+    return emit(record, args.json)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ Parameters and FLOPs per pixel come from ``describe()``. The ratio column is the
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 import numpy as np
 import torch
+from _record import emit  # benchmarks/_record.py, beside this script
 
 from napari_unetseg import ModelConfig, Normalization, build_model, describe
 from napari_unetseg.inference import InferenceConfig, predict
@@ -74,10 +74,7 @@ def main() -> None:
               f"{r['ms_per_slice']:>9.1f} {r['time_vs_accurate']:>7.3f}")
     record = {"benchmark": "unetpp levels", "device": device, "machine": machine,
               "depth": args.depth, "width": args.width, "tile": args.tile, "rows": rows}
-    print(json.dumps(record))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
+    emit(record, args.json)
 
 
 if __name__ == "__main__":

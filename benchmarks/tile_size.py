@@ -14,13 +14,13 @@ a uint8 stack and a large image with several (tile, halo, overlap) schemes throu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 
 import numpy as np
 import torch
+from _record import emit  # benchmarks/_record.py, beside this script
 
 from napari_unetseg.config import ModelConfig
 from napari_unetseg.inference import InferenceConfig, predict, resolve_device
@@ -104,11 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
             record["runs"].append(row)
             print(f"{label:<22}{tile!s:>6}{halo!s:>6}{overlap!s:>9}{secs:>9.2f}"
                   f"{row['mpix_per_s']:>8.2f}")  # fmt: skip
-    print(json.dumps(record))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
-    return record
+    return emit(record, args.json)
 
 
 if __name__ == "__main__":
