@@ -10,10 +10,15 @@ eq. 2 sums the loss over the heads X(0,1..depth)).
 Host syncs on CUDA: the per-step losses stay on the device and are read in one transfer
 every ``log_every`` steps (or every 0.5 s, or at validation), so the events of such a window
 are yielded together; ``stop`` is still called before every step.
+
+Out of CUDA memory, a training step is retried (same step) with half the batch, down to one
+patch, and validation runs its fixed patches in halved chunks; the batch used is logged,
+reported in the events' rate and in ``metadata["batch_size_used"]``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Generator, Mapping
@@ -36,6 +41,9 @@ __all__ = [
 ]
 
 _FLUSH_S = 0.5
+log = logging.getLogger(__name__)
+
+
 @dataclass
 class _Setup:
     """Everything checked before the first step."""
@@ -49,6 +57,8 @@ class _Setup:
     patch: int
     margin: int
     stop: Callable[[], bool] | None
+    batch: int  # patches per training step; halved on CUDA OOM (cfg is frozen)
+    val_batch: int  # patches per validation forward; halved on CUDA OOM
 
 
 def _initial_model(
@@ -170,7 +180,8 @@ def train(
         raise ValueError(f"resume was trained on class values {resumed_values}, the labels "
                          f"give {data.class_values}")
     crit = _criterion(cfg, model_config)
-    setup = _Setup(model, model_config, data, cfg, device, crit, patch, margin, stop)
+    setup = _Setup(model, model_config, data, cfg, device, crit, patch, margin, stop,
+                   cfg.batch_size, cfg.batch_size)
     return TrainRun(setup)
 
 
@@ -273,18 +284,11 @@ def _evaluate(s: _Setup, batches: list) -> tuple[float, float]:
     prediction or the target.
     """
     s.model.eval()
+    try:
+        conf, loss = _shrinking(s, "val_batch", "validating", lambda n: _val_sums(s, batches, n))
+    finally:
+        s.model.train()
     k = s.model_config.classes
-    conf = torch.zeros(k * k, device=s.device, dtype=torch.float64)
-    loss = torch.zeros((), device=s.device)
-    for img, tgt, wgt in batches:
-        tgt, wgt = _crop(tgt, s.margin), _crop(wgt, s.margin)
-        out = _forward(s, img)
-        loss += s.criterion(out, tgt, wgt)
-        logits = torch.stack(out).mean(0) if isinstance(out, list) else out
-        keep = tgt >= 0
-        pairs = tgt[keep] * k + logits.argmax(1)[keep]
-        conf += torch.bincount(pairs, minlength=k * k).double()
-    s.model.train()
     conf = conf.view(k, k)  # rows: target, columns: prediction
     tp = conf.diagonal()
     denom = conf.sum(0) + conf.sum(1)
@@ -293,12 +297,59 @@ def _evaluate(s: _Setup, batches: list) -> tuple[float, float]:
     return float(vals[0]), float(vals[1])
 
 
-def _step(s: _Setup, sampler: PatchSampler, gen: torch.Generator, opt, sched) -> torch.Tensor:
-    img, tgt, wgt = sampler.sample(s.cfg.batch_size)
+def _val_sums(s: _Setup, batches: list, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Confusion counts and summed batch losses, forwarding at most ``n`` patches at a time.
+
+    A batch split into chunks adds its chunks' losses weighted by their share of the batch's
+    labelled pixels: the same loss for the (weighted) cross-entropy, close for Dice losses.
+    """
+    k = s.model_config.classes
+    conf = torch.zeros(k * k, device=s.device, dtype=torch.float64)
+    loss = torch.zeros((), device=s.device)
+    for batch in batches:
+        split = len(batch[0]) > n
+        labelled = (_crop(batch[1], s.margin) >= 0).sum().clamp_min(1) if split else None
+        for i in range(0, len(batch[0]), n):
+            img, tgt, wgt = (None if t is None else t[i : i + n] for t in batch)
+            tgt, wgt = _crop(tgt, s.margin), _crop(wgt, s.margin)
+            keep = tgt >= 0
+            out = _forward(s, img)
+            part = s.criterion(out, tgt, wgt)
+            loss += part * (keep.sum() / labelled) if split else part
+            logits = torch.stack(out).mean(0) if isinstance(out, list) else out
+            pairs = tgt[keep] * k + logits.argmax(1)[keep]
+            conf += torch.bincount(pairs, minlength=k * k).double()
+    return conf, loss
+
+
+def _shrinking(s: _Setup, attr: str, doing: str, fn: Callable[[int], Any]) -> Any:
+    """``fn(s.<attr>)``; on CUDA OOM halve ``s.<attr>`` (down to 1) and call it again."""
+    while True:
+        n = getattr(s, attr)
+        try:
+            return fn(n)
+        except torch.cuda.OutOfMemoryError as e:
+            if n <= 1:
+                raise RuntimeError(
+                    f"out of GPU memory {doing} with a batch of 1 patch of {s.patch}x{s.patch}; "
+                    "use a smaller patch_size, a narrower network (width) or device='cpu'"
+                ) from e
+        # outside the handler, so the failed attempt's tensors (held by the traceback) are freed
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        setattr(s, attr, n // 2)
+        log.warning("out of GPU memory %s with a batch of %d patches of %dx%d; continuing with "
+                    "batches of %d", doing, n, s.patch, s.patch, n // 2)
+
+
+def _step(s: _Setup, sampler: PatchSampler, gen: torch.Generator, opt, sched,
+          n: int) -> torch.Tensor:
+    # zeroing first also drops the gradients of an attempt that ran out of memory
+    opt.zero_grad(set_to_none=True)
+    img, tgt, wgt = sampler.sample(n)
     if s.cfg.augment.active:
         img, tgt, wgt = augment_batch(img, tgt, wgt, config=s.cfg.augment, generator=gen)
     loss = s.criterion(_forward(s, img), _crop(tgt, s.margin), _crop(wgt, s.margin))
-    opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     sched.step()
@@ -307,16 +358,19 @@ def _step(s: _Setup, sampler: PatchSampler, gen: torch.Generator, opt, sched) ->
 
 def _events(s: _Setup, pending: list, val: tuple[float, float] | None, seconds: float
             ) -> list[TrainEvent]:
-    """Events of the pending steps, with their losses read from the device in one transfer."""
+    """Events of the pending steps, with their losses read from the device in one transfer.
+
+    ``pending`` holds ``(step, loss, lr, patches in the step, patches so far)``.
+    """
     losses = torch.stack([p[1] for p in pending]).tolist()
-    rate = len(pending) * s.cfg.batch_size / max(seconds, 1e-9)
+    rate = sum(p[3] for p in pending) / max(seconds, 1e-9)
     area = max(1, len(s.data.train_slices) * int(np.prod(s.data.image.shape[-2:])))
-    per_step = s.cfg.batch_size * (s.patch - 2 * s.margin) ** 2
+    pixels = (s.patch - 2 * s.margin) ** 2
     out = []
-    for (i, _, lr), loss in zip(pending, losses, strict=True):
+    for (i, _, lr, _, seen), loss in zip(pending, losses, strict=True):
         vl, vd = val if val is not None and i == pending[-1][0] else (None, None)
-        eta = (s.cfg.iterations - i) * s.cfg.batch_size / rate
-        out.append(TrainEvent(i, i * per_step // area, float(loss), vl, vd, rate, eta, lr))
+        eta = (s.cfg.iterations - i) * s.batch / rate
+        out.append(TrainEvent(i, seen * pixels // area, float(loss), vl, vd, rate, eta, lr))
     return out
 
 
@@ -329,18 +383,22 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg.schedule, cfg.iterations))
     sampler = PatchSampler(s.data, s.patch, s.device, seed=cfg.seed)
     val_batches = sampler.validation_batches(cfg.batch_size, cfg.val_patches)
+    s.val_batch = max((len(b[0]) for b in val_batches), default=1)
     gen = torch.Generator(s.device).manual_seed(cfg.seed + 1)
     history: list[dict[str, Any]] = []
-    pending: list[tuple[int, torch.Tensor, float]] = []
+    pending: list[tuple[int, torch.Tensor, float, int, int]] = []
     best: dict[str, Any] = {"dice": -1.0, "step": 0, "state": None}
     t0 = t_flush = time.perf_counter()
-    step, stopped = 0, False
+    step, seen, stopped = 0, 0, False
     while step < cfg.iterations and not stopped:
         stopped = s.stop is not None and bool(s.stop())
         if not stopped:
             step += 1
             lr = opt.param_groups[0]["lr"]
-            pending.append((step, _step(s, sampler, gen, opt, sched), lr))
+            loss = _shrinking(s, "batch", "training",
+                              lambda n: _step(s, sampler, gen, opt, sched, n))
+            seen += s.batch
+            pending.append((step, loss, lr, s.batch, seen))
         val = None
         if val_batches and not stopped and (step % cfg.val_every == 0 or step == cfg.iterations):
             val = _evaluate(s, val_batches)
@@ -355,10 +413,10 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
                 history.append(asdict(ev))
                 yield ev
             t_flush = time.perf_counter()
-    return _result(s, history, best, step, time.perf_counter() - t0, stopped)
+    return _result(s, history, best, step, seen, time.perf_counter() - t0, stopped)
 
 
-def _result(s: _Setup, history: list, best: dict, steps: int, seconds: float,
+def _result(s: _Setup, history: list, best: dict, steps: int, seen: int, seconds: float,
             stopped: bool) -> TrainResult:
     model = s.model
     if best["state"] is not None:
@@ -369,7 +427,7 @@ def _result(s: _Setup, history: list, best: dict, steps: int, seconds: float,
         "steps": steps, "seconds": seconds, "stopped": stopped,
         "best_step": best["step"] if best["state"] is not None else steps,
         "best_val_dice": best["dice"] if best["state"] is not None else None,
-        "images_per_s": steps * s.cfg.batch_size / max(seconds, 1e-9),
+        "images_per_s": seen / max(seconds, 1e-9), "batch_size_used": s.batch,
         "device": str(s.device), "amp": s.cfg.amp and s.device.type == "cuda",
         "torch": torch.__version__, "napari_unetseg": _version(), "labels_mode": d.labels_mode,
         "class_values": list(d.class_values), "patch": s.patch, "margin": s.margin,
