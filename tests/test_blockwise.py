@@ -233,6 +233,19 @@ def test_other_model_settings_or_block_refused_on_resume(tmp_path, volume, saved
     assert res.computed == res.blocks
 
 
+def test_auto_tiling_that_resolves_differently_is_refused_on_resume(tmp_path, volume, saved,
+                                                                     monkeypatch):
+    """Same "auto" settings, other tiling (as on another device): the blocks would not match."""
+    from napari_unetseg import predictor
+
+    store, auto = tmp_path / "o.zarr", InferenceConfig(device="cpu")
+    predict_volume(saved, volume[:1], store, block=BLOCK, config=auto)
+    assert predict_volume(saved, volume[:1], store, config=auto).skipped > 0
+    monkeypatch.setattr(predictor, "AUTO_TILE", {"cuda": 1024, "other": 64})
+    with pytest.raises(ValueError, match="another model"):
+        predict_volume(saved, volume[:1], store, config=auto)
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "exc", "match"),
     [

@@ -125,13 +125,15 @@ def load_counts() -> dict[str, int]:
     return dict(_LOADS)
 
 
-def _fingerprint(saved: SavedModel, config: InferenceConfig) -> dict[str, Any]:
-    """What decides the output: the network, its weights and normalisation, the inference."""
+def _fingerprint(saved: SavedModel, config: InferenceConfig, plan: Any) -> dict[str, Any]:
+    """What decides the output: the network, its weights and normalisation, the inference
+    settings and the tiling they resolve to (an "auto" tiling differs between devices)."""
     h = hashlib.sha256(saved.config.to_json().encode())
     for name, t in saved.model.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     inf = {k: v for k, v in asdict(config).items() if k not in ("device", "batch_size")}
+    inf["tiling"] = {"tile": list(plan.tile), "margin": plan.margin, "overlap": list(plan.overlap)}
     return {"weights": h.hexdigest(), "normalization": saved.normalization.to_dict(),
             "class_values": [int(v) for v in saved.class_values], "inference": inf}
 
@@ -267,11 +269,11 @@ def _open_output(store: Any, shape: tuple, block: Any, classes: int, lut: np.nda
     if meta and tuple(meta["block"]) != block:
         raise ValueError(f"output {store} was written in blocks of {tuple(meta['block'])}, "
                          f"got block={block}; pass block=None to continue it")
+    grid = _grid(shape, block)
+    _, new = _array(group, "labels", shape, block, lut.dtype)  # first: checks the shape
     if resume and meta and meta["fingerprint"] != print_:
         raise ValueError(f"output {store} was written with another model or inference "
                          "settings; pass resume=False to redo every block")
-    grid = _grid(shape, block)
-    _, new = _array(group, "labels", shape, block, lut.dtype)
     if keep_probs:
         pshape, pchunks = (shape[0], classes, *shape[1:]), (block[0], classes, *block[1:])
         new |= _array(group, "probabilities", pshape, pchunks, np.float16)[1]
@@ -298,7 +300,7 @@ def _setup(model: Any, source: Any, store: Any, block: Any, config: Any, probabi
     runner = _Runner(saved, image, config)
     group, block = _open_output(store, tuple(int(s) for s in image.shape), block,
                                 runner.job.classes, runner.lut, probabilities,
-                                _fingerprint(saved, runner.config), resume)
+                                _fingerprint(saved, runner.config, runner.job.plan), resume)
     done = np.asarray(group["done"][...])
     todo = [tuple(int(i) for i in ix) for ix in np.argwhere(done == 0)]
     return runner, image, group, block, int(done.size), todo
