@@ -243,6 +243,8 @@ class _Ops:
         if self.torch is None:
             return a
         t = self.torch.from_numpy(np.ascontiguousarray(a))
+        if self.device.type == "cuda":  # pinned: the copy need not wait for the GPU's queue
+            t = t.pin_memory()
         return t.to(self.device, non_blocking=True)
 
     def float32(self, a: Any) -> Any:
