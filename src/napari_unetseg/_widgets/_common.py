@@ -4,15 +4,23 @@ Errors on user input never raise out of a widget: they become napari notificatio
 :func:`error` / :func:`warning` (tests monkeypatch ``show_error`` / ``show_warning`` here).
 Output layers carry a marker in ``layer.metadata[MARKER]`` naming the widget that made them and
 their role, so a re-run updates its own layer and never a layer the user made with that name.
+Every connection a widget makes to something that outlives it (the viewer's dims and layer
+list, layers, the viewer's model store) goes through its :class:`Subscriptions`, which cuts
+them all when the widget is closed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import itertools
+import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import QComboBox, QWidget
 
 if TYPE_CHECKING:
@@ -21,8 +29,10 @@ if TYPE_CHECKING:
 __all__ = [
     "MARKER",
     "LayerPicker",
+    "Subscriptions",
     "available_devices",
     "class_lut",
+    "close_widget",
     "current_index",
     "error",
     "find_output",
@@ -70,6 +80,153 @@ def class_lut(class_values: Any) -> np.ndarray:
     return lut(class_values)
 
 
+class _Links:
+    """The connections of one :class:`Subscriptions` (plain Python, so that they can still be
+    cut from the ``destroyed`` signal, when the Qt side is gone)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.pairs: list[tuple[Any, _Guard]] = []
+
+    def drop(self, pair: tuple[Any, _Guard]) -> None:
+        emitter, guard = pair
+        with contextlib.suppress(TypeError, RuntimeError, ValueError):  # not (or no longer) there
+            emitter.disconnect(guard)
+        with contextlib.suppress(ValueError):
+            self.pairs.remove(pair)
+
+    def close(self) -> None:
+        self.closed = True
+        for pair in list(self.pairs):
+            self.drop(pair)
+
+
+class _Guard:
+    """The callable actually connected: calls ``callback`` unless the subscriptions were
+    closed (a late signal reaches no closed or deleted widget); holds a bound method weakly,
+    so a connection never keeps a widget alive."""
+
+    def __init__(self, links: _Links, emitter: Any, callback: Callable) -> None:
+        self.links, self.emitter = links, emitter
+        if inspect.ismethod(callback):
+            self._ref: Callable[[], Callable | None] = weakref.WeakMethod(callback)
+        else:
+            self._ref = lambda: callback
+        self._nargs = _positional(callback)
+
+    def __call__(self, *args: Any) -> Any:
+        callback = self._ref()
+        if self.links.closed or callback is None:
+            self.links.drop((self.emitter, self))
+            return None
+        return callback(*(args if self._nargs is None else args[:self._nargs]))
+
+    def calls(self, callback: Callable) -> bool:
+        return self._ref() == callback
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same emitter (a Qt bound signal is a new object at every attribute access, equal
+    to the others)."""
+    return a is b or a == b
+
+
+def _positional(callback: Callable) -> int | None:
+    """How many positional arguments ``callback`` takes (None: any number), so that a signal
+    with more arguments than a slot takes calls it as Qt and napari would."""
+    try:
+        params = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return None
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+class Subscriptions(QObject):
+    """The connections a widget makes to objects that outlive it, all cut when it closes.
+
+    A dock widget follows the viewer's dims and layer list, layers and the viewer's model
+    store; each :meth:`connect` goes through a guard recorded here. When the user closes the
+    dock, napari does not delete the widget: ``remove_dock_widget`` (what the dock's close
+    button calls) takes it out of its dock (parent set to None) and deletes the dock. That
+    (a parent change to None after having had one), a Close event on the widget, or its
+    deletion ends it: :func:`close_widget` cuts the connections of the widget and of its
+    children (their layer pickers), stops their timers and emits :attr:`closed`, on which a
+    :class:`~._worker.Job` of the widget is cancelled. Hiding the dock closes nothing.
+
+    Works for napari event emitters, psygnal signals and Qt signals (anything with
+    ``connect(callback)`` / ``disconnect(callback)``).
+
+    Signals
+    -------
+    closed()
+        The widget was closed (not emitted when it is deleted: jobs watch ``destroyed``).
+    """
+
+    closed = Signal()
+
+    def __init__(self, widget: QWidget) -> None:
+        super().__init__(widget)
+        self._links = links = _Links()
+        self._had_parent = widget.parent() is not None
+        self.destroyed.connect(lambda *_: links.close())  # only the plain part: Qt side is gone
+        widget.installEventFilter(self)
+
+    @staticmethod
+    def of(widget: QObject) -> Subscriptions | None:
+        """The subscriptions of ``widget`` (not of its children), or None."""
+        return widget.findChild(Subscriptions, "", Qt.FindChildOption.FindDirectChildrenOnly)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._links.closed
+
+    def connect(self, emitter: Any, callback: Callable) -> None:
+        """``emitter.connect(callback)``, cut on close; connecting the same pair again does
+        nothing, and nothing is connected once closed."""
+        links = self._links
+        if links.closed or any(_same(e, emitter) and g.calls(callback) for e, g in links.pairs):
+            return
+        guard = _Guard(links, emitter, callback)
+        emitter.connect(guard)
+        links.pairs.append((emitter, guard))
+
+    def disconnect(self, emitter: Any, callback: Callable) -> None:
+        """Cut the connection of ``callback`` to ``emitter`` made by :meth:`connect`."""
+        pairs = self._links.pairs
+        for pair in [p for p in pairs if _same(p[0], emitter) and p[1].calls(callback)]:
+            self._links.drop(pair)
+
+    def close(self) -> None:
+        """Cut every connection and emit :attr:`closed` (once)."""
+        if self._links.closed:
+            return
+        self._links.close()
+        self.closed.emit()
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if obj is self.parent():
+            kind = event.type()
+            if kind == QEvent.Type.ParentChange:
+                if obj.parent() is not None:
+                    self._had_parent = True
+                elif self._had_parent:  # taken out of its dock: napari closed it
+                    close_widget(obj)
+            elif kind == QEvent.Type.Close:
+                close_widget(obj)
+        return False
+
+
+def close_widget(widget: QWidget) -> None:
+    """End ``widget``: cut the :class:`Subscriptions` of it and of its children, stop their
+    timers (a pending debounced update must not run) and cancel their jobs."""
+    for timer in widget.findChildren(QTimer):
+        timer.stop()
+    for subs in widget.findChildren(Subscriptions):
+        subs.close()
+
+
 class LayerPicker(QComboBox):
     """A combo box of the viewer's layers of one type that follows the layer list.
 
@@ -101,9 +258,11 @@ class LayerPicker(QComboBox):
         self._type = layer_type
         self._optional = optional
         self._exclude_marked = exclude_marked
+        self.subscriptions = Subscriptions(self)
+        self._renames: list[Any] = []  # the name emitters of the layers followed
         events = viewer.layers.events
         for emitter in (events.inserted, events.removed, events.moved, events.changed):
-            emitter.connect(self.refresh)
+            self.subscriptions.connect(emitter, self.refresh)
         self.refresh()
 
     def _names(self) -> list[str]:
@@ -128,9 +287,13 @@ class LayerPicker(QComboBox):
         self.blockSignals(False)
         if self.currentText() != current:
             self.currentTextChanged.emit(self.currentText())
-        for layer in self._viewer.layers:  # follow renames
-            layer.events.name.disconnect(self.refresh)
-            layer.events.name.connect(self.refresh)
+        renames = [layer.events.name for layer in self._viewer.layers]  # follow renames
+        for emitter in self._renames:
+            if not any(emitter is e for e in renames):  # a removed layer
+                self.subscriptions.disconnect(emitter, self.refresh)
+        for emitter in renames:
+            self.subscriptions.connect(emitter, self.refresh)
+        self._renames = renames
 
     def layer(self) -> Any:
         """The chosen layer, or None (nothing to choose or ``"(none)"``)."""

@@ -6,8 +6,9 @@ worker: every event reaches ``on_event`` in the GUI thread and may advance a
 :class:`napari.utils.progress` bar, the return value reaches ``on_result``, an exception becomes
 one error notification, and :meth:`Job.cancel` asks the worker to stop at the next ``yield``
 (the generator is then closed, so its ``finally`` blocks run and nothing partial is returned).
-When the widget that owns a job is deleted (the viewer is closed mid-run), the job is cancelled
-and none of its callbacks runs again.
+When the widget that owns a job is closed (its dock closed, see :class:`._common.Subscriptions`)
+or deleted (the viewer is closed mid-run), the job is cancelled and none of its callbacks runs
+again.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class Job:
         ``on_finished(job)`` once the worker has stopped, whatever the outcome.
     owner : QObject, optional
         The widget the callbacks act on (default: the object of the first callback that is a
-        bound method of a QObject). Once it is deleted the job is cancelled and the callbacks
-        are dropped, so nothing touches a deleted widget.
+        bound method of a QObject). Once it is closed or deleted the job is cancelled and the
+        callbacks are dropped, so nothing touches a closed or deleted widget.
     """
 
     def __init__(
@@ -87,8 +88,13 @@ class Job:
         self._owner = None if owner is None else weakref.ref(owner)
         me = weakref.ref(self)  # the connection must not keep a finished job (and its data) alive
         self._owner_slot = lambda *_: (job := me()) is not None and job._owner_gone()
+        self._subscriptions = None if owner is None else _common.Subscriptions.of(owner)
         if owner is not None:
             owner.destroyed.connect(self._owner_slot)
+        if self._subscriptions is not None:
+            self._subscriptions.closed.connect(self._owner_slot)
+            if self._subscriptions.is_closed:  # made by a widget already closed: never runs
+                self._owner_gone()
 
     def start(self) -> Job:
         """Start the worker thread; returns self."""
@@ -134,6 +140,10 @@ class Job:
         if owner is not None:
             with contextlib.suppress(TypeError, RuntimeError):  # RuntimeError: already deleted
                 owner.destroyed.disconnect(self._owner_slot)
+        if self._subscriptions is not None:
+            with contextlib.suppress(TypeError, RuntimeError):
+                self._subscriptions.closed.disconnect(self._owner_slot)
+            self._subscriptions = None
         if self.bar is not None:
             self.bar.close()
             self.bar = None

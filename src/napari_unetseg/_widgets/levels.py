@@ -62,6 +62,7 @@ class LevelsWidget(QWidget):
         self._queue: list[tuple] = []
         self._wanted: tuple | None = None
         self._model: Any = None  # a private copy: never moved between devices under Segment
+        self.subscriptions = _common.Subscriptions(self)  # cut when the widget is closed
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
         self.image_picker = LayerPicker(napari_viewer, Image, exclude_marked=True)
@@ -81,10 +82,10 @@ class LevelsWidget(QWidget):
         self.slider.valueChanged.connect(self.request)
         self.image_picker.currentTextChanged.connect(self.request)
         self.gt_picker.currentTextChanged.connect(self._fill_table)
-        self.viewer.dims.events.current_step.connect(self.request)
+        self.subscriptions.connect(self.viewer.dims.events.current_step, self.request)
         self.measure_button.clicked.connect(self.measure_all)
         self.apply_button.clicked.connect(self.apply)
-        self.store.model_changed.connect(self._model_changed)
+        self.subscriptions.connect(self.store.model_changed, self._model_changed)
         self._model_changed()
 
     def _layout(self) -> None:
@@ -196,7 +197,7 @@ class LevelsWidget(QWidget):
         config = InferenceConfig(level=key[2], batch_size=4)
         gen = segment(self._model, plane, normalization=saved.normalization, config=config)
         self.job = Job(gen, f"UNet++ {_name(key[2])}", on_result=lambda res: self._done(
-            key, res), on_finished=lambda job: self._next())
+            key, res), on_finished=lambda job: self._next(), owner=self)
         self.status.setText(f"computing {_name(key[2])} on slice {key[1]}…")
         self.job.start()
 

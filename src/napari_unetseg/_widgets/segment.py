@@ -57,6 +57,7 @@ class SegmentWidget(QWidget):
         self.store = store_for(napari_viewer)
         self.owner = _common.new_owner_id("segment")
         self.job: Job | None = None
+        self.subscriptions = _common.Subscriptions(self)  # cut when the widget is closed
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
         self.load_button = QPushButton("Load model…")
@@ -103,8 +104,8 @@ class SegmentWidget(QWidget):
         self.load_button.clicked.connect(self.load_model)
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
-        self.store.model_changed.connect(self._model_changed)
-        self.store.level_chosen.connect(self.set_level)
+        self.subscriptions.connect(self.store.model_changed, self._model_changed)
+        self.subscriptions.connect(self.store.level_chosen, self.set_level)
         self._model_changed()
         self._set_running(False)
 
@@ -227,7 +228,7 @@ class SegmentWidget(QWidget):
         gen = segment(saved.model, image.data, normalization=saved.normalization, config=config,
                       slices=slices, out=out)
         self.job = Job(gen, "Segmentation", total=0, on_event=self._on_event,
-                       on_result=on_result, on_finished=self._on_finished)
+                       on_result=on_result, on_finished=self._on_finished, owner=self)
         self._set_running(True)
         self.status.setText("segmenting…")
         return self.job.start()

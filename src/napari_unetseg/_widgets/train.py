@@ -101,6 +101,7 @@ class TrainWidget(QWidget):
         self._stop = False
         self._preview_z = 0
         self._source: Any = None
+        self.subscriptions = _common.Subscriptions(self)  # cut when the widget is closed
         self.image_picker = LayerPicker(napari_viewer, Image, exclude_marked=True)
         self.labels_picker = LayerPicker(napari_viewer, Labels)
         self.form = TrainForm()
@@ -115,7 +116,7 @@ class TrainWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(self.save_model)
         self.load_button.clicked.connect(self.load_model)
-        self.viewer.dims.events.current_step.connect(self._track_slice)
+        self.subscriptions.connect(self.viewer.dims.events.current_step, self._track_slice)
         self._set_running(False)
 
     def _layout(self) -> None:
@@ -208,7 +209,7 @@ class TrainWidget(QWidget):
             lambda: self._preview_z,
         )
         self.job = Job(gen, "Training", total=train_cfg.iterations, on_event=self._on_event,
-                       on_result=self._on_result, on_finished=self._on_finished)
+                       on_result=self._on_result, on_finished=self._on_finished, owner=self)
         self._set_running(True)
         self.status.setText("preparing the data…")
         return self.job.start()

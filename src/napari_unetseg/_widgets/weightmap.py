@@ -55,6 +55,7 @@ class WeightMapWidget(QWidget):
         self.job: Job | None = None
         self._watched: Any = None
         self._filled: dict[int, tuple] = {}  # slice -> parameters it was computed with
+        self.subscriptions = _common.Subscriptions(self)  # cut when the widget is closed
         self.labels_picker = LayerPicker(napari_viewer, Labels)
         self.w0 = _slider(0.0, 50.0, 10.0)
         self.sigma = _slider(0.5, 25.0, 5.0)
@@ -69,13 +70,13 @@ class WeightMapWidget(QWidget):
         self.timer.setSingleShot(True)
         self.timer.setInterval(DEBOUNCE_MS)
         self._layout()
-        self.timer.timeout.connect(lambda: self.update_slice(quiet=True))
+        self.timer.timeout.connect(self._timed_update)
         for signal in (self.w0.valueChanged, self.sigma.valueChanged, self.balance.toggled):
             signal.connect(self.schedule)
         self.blending.currentTextChanged.connect(self._set_blending)
         self.labels_picker.currentTextChanged.connect(self._watch_labels)
         self.stack_button.clicked.connect(self.compute_stack)
-        self.viewer.dims.events.current_step.connect(self.schedule)
+        self.subscriptions.connect(self.viewer.dims.events.current_step, self.schedule)
         self._watch_labels()
 
     def _layout(self) -> None:
@@ -105,13 +106,16 @@ class WeightMapWidget(QWidget):
     def _watch_labels(self, *args: Any) -> None:
         if self._watched is not None:
             for emitter in (self._watched.events.data, self._watched.events.paint):
-                emitter.disconnect(self._painted)
+                self.subscriptions.disconnect(emitter, self._painted)
         self._watched = self.labels_picker.layer()
         if self._watched is not None:
-            self._watched.events.data.connect(self._painted)
-            self._watched.events.paint.connect(self._painted)
+            for emitter in (self._watched.events.data, self._watched.events.paint):
+                self.subscriptions.connect(emitter, self._painted)
         self._filled.clear()
         self.schedule()
+
+    def _timed_update(self) -> None:
+        self.update_slice(quiet=True)
 
     def _painted(self, event: Any = None) -> None:
         self._filled.pop(self._current_z(), None)
@@ -219,5 +223,5 @@ class WeightMapWidget(QWidget):
             self.status.setText(f"{len(stack)} slices: w up to {weights.max():.2f}")
 
         self.job = Job(work(), "Weight map", total=len(stack), on_event=lambda n: n,
-                       on_result=done)
+                       on_result=done, owner=self)
         return self.job.start()
