@@ -218,9 +218,8 @@ def _device_normalizer(normalization: Callable, dtype: np.dtype) -> Callable | N
     per pixel for uint8); None: normalise on the host."""
     if type(normalization) is not Normalization or np.dtype(dtype) not in _DEVICE_DTYPES:
         return None
-    low = float(np.float32(normalization.low))
-    scale = float(np.float32(1.0 / (normalization.high - normalization.low)))
-    return lambda t: (t.float() - low) * scale  # out of place: t may share the caller's array
+    offset, scale = (float(v) for v in normalization.affine())
+    return lambda t: (t.float() - offset) * scale  # out of place: t may share the caller's array
 
 
 def _slice_indices(lay: _Layout, slices: Iterable[int] | None) -> list[int]:

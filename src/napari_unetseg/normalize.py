@@ -45,10 +45,15 @@ class Normalization:
                 hi = lo + 1.0
         return cls(float(lo), float(hi), float(p_low), float(p_high))
 
+    def affine(self) -> tuple[np.float32, np.float32]:
+        """``(offset, scale)`` in float32: the map is ``(x - offset) * scale``, the same on the
+        host (:meth:`__call__`) and on a torch device (inference normalises there)."""
+        return np.float32(self.low), np.float32(1.0 / (self.high - self.low))
+
     def __call__(self, array: Any) -> np.ndarray:
         """Return ``(array - low) / (high - low)`` as float32."""
-        arr = np.asarray(array, dtype=np.float32)
-        return (arr - np.float32(self.low)) * np.float32(1.0 / (self.high - self.low))
+        offset, scale = self.affine()
+        return (np.asarray(array, dtype=np.float32) - offset) * scale
 
     def to_dict(self) -> dict[str, float]:
         return {"low": self.low, "high": self.high, "p_low": self.p_low, "p_high": self.p_high}
