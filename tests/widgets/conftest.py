@@ -97,6 +97,21 @@ def tiny():
 
 
 @pytest.fixture
+def train_tiny(dock, image, scribbles):
+    """``train_tiny(arch=..., iterations=..., preview_every=...)``: a docked Train widget
+    picking the EM sample and the scribbles, configured as :func:`tiny` does."""
+
+    def make(**kw):
+        train = dock("Train")
+        train.image_picker.set_layer(image.name)
+        train.labels_picker.set_layer(scribbles.name)
+        _make_tiny(train, **kw)
+        return train
+
+    return make
+
+
+@pytest.fixture
 def click(qtbot):
     """``click(button)``: a real left mouse click on a Qt button."""
     from qtpy.QtCore import Qt

@@ -11,11 +11,8 @@ from napari_unetseg._widgets._registry import store_for
 
 
 def test_cancel_training_keeps_model(viewer, image, scribbles, dock, tiny, wait_job, click,
-                                     qtbot, notes):
-    train = dock("Train")
-    train.image_picker.set_layer(image.name)
-    train.labels_picker.set_layer("scribbles")
-    tiny(train, arch="U-Net", iterations=100_000, preview_every=0)
+                                     qtbot, notes, train_tiny):
+    train = train_tiny(arch="U-Net", iterations=100_000, preview_every=0)
     n_layers = len(viewer.layers)
     click(train.train_button)
     qtbot.waitUntil(lambda: bool(train.loss_plot.data["train"]), timeout=20_000)  # it is training
@@ -31,11 +28,8 @@ def test_cancel_training_keeps_model(viewer, image, scribbles, dock, tiny, wait_
 
 
 def test_cancel_segmentation_leaves_no_layer(viewer, image, scribbles, dock, tiny, wait_job,
-                                             click, qtbot, monkeypatch, notes):
-    train = dock("Train")
-    train.image_picker.set_layer(image.name)
-    train.labels_picker.set_layer("scribbles")
-    tiny(train, arch="ResUNet", iterations=2, preview_every=0)
+                                             click, qtbot, monkeypatch, notes, train_tiny):
+    train = train_tiny(arch="ResUNet", iterations=2, preview_every=0)
     click(train.train_button)
     wait_job(train)
     real = segment_module.segment

@@ -42,11 +42,8 @@ def _slow(real, delay=0.03):
 
 
 def test_cancel_training_at_random_moments(viewer, image, scribbles, dock, tiny, wait_job,
-                                           click, qtbot, notes):
-    train = dock("Train")
-    train.image_picker.set_layer(image.name)
-    train.labels_picker.set_layer("scribbles")
-    tiny(train, arch="U-Net", iterations=100_000, preview_every=0)
+                                           click, qtbot, notes, train_tiny):
+    train = train_tiny(arch="U-Net", iterations=100_000, preview_every=0)
     names = _names(viewer)
     kept = None
     for wait_for in np.random.default_rng(23).integers(0, 8, 4):
@@ -95,11 +92,8 @@ def test_cancel_segmentation_at_random_moments(viewer, image, dock, wait_job, cl
 
 
 def test_closing_the_viewer_mid_training(viewer, image, scribbles, dock, tiny, wait_job,
-                                         click, qtbot, notes, tmp_path, monkeypatch):
-    train = dock("Train")
-    train.image_picker.set_layer(image.name)
-    train.labels_picker.set_layer("scribbles")
-    tiny(train, arch="U-Net", iterations=2, preview_every=0)
+                                         click, qtbot, notes, tmp_path, monkeypatch, train_tiny):
+    train = train_tiny(arch="U-Net", iterations=2, preview_every=0)
     click(train.train_button)
     wait_job(train)
     target = tmp_path / "previous.unetseg"

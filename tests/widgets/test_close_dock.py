@@ -200,11 +200,8 @@ def test_closed_levels_and_segment_widgets_ignore_the_model_store(viewer, image,
 
 
 def test_closing_train_mid_run_cancels_it(viewer, image, scribbles, dock, tiny, click, qtbot,
-                                          notes):
-    train = dock("Train")
-    train.image_picker.set_layer(image.name)
-    train.labels_picker.set_layer("scribbles")
-    tiny(train, arch="U-Net", iterations=100_000, preview_every=1)
+                                          notes, train_tiny):
+    train = train_tiny(arch="U-Net", iterations=100_000, preview_every=1)
     click(train.train_button)
     preview = f"{image.name} preview"
     qtbot.waitUntil(lambda: preview in viewer.layers, timeout=20_000)

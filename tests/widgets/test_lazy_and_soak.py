@@ -45,11 +45,8 @@ def _lazy_layer(viewer, image, n=4):
     return layer, src, stack
 
 
-def _train_tiny(dock, image, tiny, click, wait_job, iterations=4):
-    train = dock("Train")
-    train.image_picker.set_layer(image.name)
-    train.labels_picker.set_layer("scribbles")
-    tiny(train, arch="UNet", iterations=iterations, preview_every=0)
+def _trained(train_tiny, click, wait_job, iterations=4):
+    train = train_tiny(arch="UNet", iterations=iterations, preview_every=0)
     click(train.train_button)
     wait_job(train)
     assert train.saved is not None
@@ -65,8 +62,8 @@ def _outputs(viewer, source):
 
 
 def test_lazy_stack_reads_only_requested_slices(viewer, image, scribbles, dock, tiny, click,
-                                                wait_job, notes):
-    train = _train_tiny(dock, image, tiny, click, wait_job)
+                                                wait_job, notes, train_tiny):
+    train = _trained(train_tiny, click, wait_job)
     layer, src, stack = _lazy_layer(viewer, image)
     seg = dock("Segment")
     seg.image_picker.set_layer("lazy")
@@ -109,12 +106,10 @@ def _temp_outputs():
 
 
 def test_soak_train_and_segment_repeatedly(viewer, image, scribbles, dock, tiny, click,
-                                           wait_job, notes, qtbot):
+                                           wait_job, notes, qtbot, train_tiny):
     rounds = 8
-    train, seg = dock("Train"), dock("Segment")
-    train.image_picker.set_layer(image.name)
-    train.labels_picker.set_layer("scribbles")
-    tiny(train, arch="UNet", iterations=3, preview_every=2)
+    train = train_tiny(arch="UNet", iterations=3, preview_every=2)
+    seg = dock("Segment")
     lazy, _, _ = _lazy_layer(viewer, image)
     seg.tile.setValue(64)
     seg.device.setCurrentText("cpu")

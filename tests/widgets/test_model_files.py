@@ -10,11 +10,8 @@ from napari_unetseg._widgets._registry import store_for
 
 def test_save_asks_before_overwrite_and_load_shares(viewer, image, scribbles, dock, tiny,
                                                     wait_job, click, tmp_path, monkeypatch,
-                                                    notes):
-    train = dock("Train")
-    train.image_picker.set_layer(image.name)
-    train.labels_picker.set_layer("scribbles")
-    tiny(train, arch="U-Net", iterations=2, preview_every=0)
+                                                    notes, train_tiny):
+    train = train_tiny(arch="U-Net", iterations=2, preview_every=0)
     click(train.train_button)
     wait_job(train)
     target = tmp_path / "membranes"

@@ -9,11 +9,8 @@ from napari_unetseg._widgets._registry import store_for
 
 
 def test_train_segment_levels(viewer, image, gt, scribbles, dock, tiny, wait_job,
-                              click, qtbot, notes):
-    train = dock("Train")
-    train.image_picker.set_layer(image.name)
-    train.labels_picker.set_layer("scribbles")
-    tiny(train, arch="UNet++", iterations=10, preview_every=5)
+                              click, qtbot, notes, train_tiny):
+    train = train_tiny(arch="UNet++", iterations=10, preview_every=5)
     click(train.train_button)
     assert train.job is not None and not train.train_button.isEnabled()
     wait_job(train)
