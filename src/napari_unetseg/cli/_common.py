@@ -1,0 +1,94 @@
+"""What every subcommand shares: the one-line error, argument parsing helpers, progress."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class CliError(Exception):
+    """An error to report to the user as one line."""
+
+
+def parse_slices(text: str | None) -> slice | None:
+    """``"0:25"`` -> slice(0, 25); ``"7"`` -> slice(7, 8); None -> None."""
+    if text is None:
+        return None
+    try:
+        if ":" in text:
+            parts = [int(p) if p.strip() else None for p in text.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            return slice(*parts)
+        i = int(text)
+        return slice(i, i + 1)
+    except ValueError:
+        raise CliError(f"--slices must look like 0:25 or 7, got {text!r}") from None
+
+
+class Progress:
+    """A one-line progress bar on stderr (redrawn at most a few times a second)."""
+
+    def __init__(self, label: str, stream=None, min_interval: float = 0.25) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.min_interval = min_interval
+        self._last = 0.0
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def update(self, done: int, total: int, extra: str = "", force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.min_interval and done < total:
+            return
+        self._last = now
+        frac = done / total if total else 1.0
+        bar = "#" * int(frac * 24)
+        line = f"{self.label} [{bar:<24}] {done}/{total} {extra}"
+        if self._tty:
+            self.stream.write("\r" + line[:120].ljust(120))
+        elif force or done >= total or now - getattr(self, "_last_nl", 0.0) > 5.0:
+            self._last_nl = now
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def read_image(path: str) -> np.ndarray:
+    from ..io import read_tif
+
+    return read_tif(path)
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output path that cannot be written before any long work starts."""
+    from ..io import _check_writable_target
+
+    if out.exists() and not out.is_dir() and not overwrite:
+        raise CliError(f"{out} already exists; pass --overwrite to replace it")
+    _check_writable_target(out, overwrite=True)  # a folder, a missing folder, no permission
+
+
+def refuse_rgb(image: np.ndarray, channel_axis: int | None) -> None:
+    """A (Y, X, 3|4) TIFF is RGB(A), not a stack of 3-pixel-wide slices."""
+    if channel_axis is None and image.ndim == 3 and image.shape[-1] in (3, 4) and min(
+            image.shape[:2]) > image.shape[-1]:
+        raise CliError(f"image of shape {image.shape} looks like RGB(A) (Y, X, channels); "
+                       "convert it to one channel, or pass --channel-axis -1 for a model "
+                       "trained on that many channels")
+
+
+def summary(meta: dict[str, Any]) -> dict[str, Any]:
+    keys = ("steps", "seconds", "best_step", "best_val_dice", "device")
+    return {k: meta[k] for k in keys if k in meta}
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

@@ -1,0 +1,120 @@
+"""``napari-unetseg train``: fit a model on an image and a label image."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..devices import drain
+from ._common import (
+    CliError,
+    Progress,
+    check_output,
+    parse_slices,
+    read_image,
+    summary,
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import ModelConfig, presets
+    from ..io import save_model
+    from ..training import TrainConfig, train
+
+    out = Path(args.output)
+    check_output(out, args.overwrite)
+    image, labels = read_image(args.image), read_image(args.labels)
+    sl = parse_slices(args.slices)
+    if sl is not None:
+        if image.ndim < 3 or labels.ndim < 3:
+            raise CliError("--slices needs a stack (Z, Y, X) image and labels")
+        image, labels = image[sl], labels[sl]
+    resume = None
+    if args.resume:
+        from ..io import load_model
+
+        resume = load_model(args.resume)
+        model_cfg = resume.config
+    model_kw, train_kw = presets.split(presets.preset(args.preset))
+    for key in ("depth", "width"):
+        if getattr(args, key) is not None:
+            model_kw[key] = getattr(args, key)
+    for key in ("iterations", "batch_size", "patch_size"):
+        if getattr(args, key) is not None:
+            train_kw[key] = getattr(args, key)
+    if not args.resume:
+        model_cfg = ModelConfig(
+            arch=args.arch, classes=args.classes or _count_classes(labels, args.labels_mode),
+            in_channels=1 if args.channel_axis is None else image.shape[args.channel_axis],
+            **model_kw,
+        )
+    train_cfg = TrainConfig(
+        lr=args.lr, loss=args.loss, device=args.device, seed=args.seed, **train_kw,
+        **({"optimizer": args.optimizer} if args.optimizer else {}),
+    )
+    bar = Progress("train")
+    gen = train(image, labels, model_cfg, train_cfg, labels_mode=args.labels_mode,
+                channel_axis=args.channel_axis, resume=resume)
+
+    def show(ev) -> None:
+        extra = f"loss {ev.loss:.4f}"
+        if ev.val_dice is not None:
+            extra += f" val-dice {ev.val_dice:.4f}"
+        if ev.eta_s is not None:
+            extra += f" eta {ev.eta_s:.0f}s"
+        bar.update(ev.step, train_cfg.iterations, extra)
+
+    try:
+        result = drain(gen, show)
+    except KeyboardInterrupt:
+        bar.close()
+        gen.close()
+        print("interrupted: no model written", file=sys.stderr)
+        return 130
+    bar.close()
+    save_model(out, result.model, normalization=result.normalization,
+               class_values=result.class_values, metadata=result.metadata,
+               overwrite=args.overwrite)
+    print(json.dumps({"model": str(out), **summary(result.metadata)}))
+    return 0
+
+
+def _count_classes(labels: np.ndarray, mode: str) -> int:
+    """Classes the labels define: sparse 1..K -> K; dense -> distinct values; instances -> 2."""
+    if mode == "instances":
+        return 2
+    if mode == "sparse":
+        return max(2, int(np.max(labels)))
+    return max(2, len(np.unique(labels)))
+
+
+def add_parser(sub: Any) -> None:
+    t = sub.add_parser("train", help="train a model on an image and a label image (TIFF)")
+    t.add_argument("image")
+    t.add_argument("labels")
+    t.add_argument("-o", "--output", required=True, help="model file to write (.unetseg)")
+    t.add_argument("--arch", default="unet", choices=["unet", "unetpp", "resunet"])
+    t.add_argument("--labels-mode", default="dense", choices=["sparse", "dense", "instances"])
+    t.add_argument("--slices", help="slices of the stack to train on, e.g. 0:25")
+    t.add_argument("--preset", default="fast", choices=["fast", "paper"],
+                   help="fast: small network for a CPU (default); paper: width 64, for a GPU")
+    t.add_argument("--iterations", type=int, default=None, help="default: from the preset")
+    t.add_argument("--depth", type=int, default=None)
+    t.add_argument("--width", type=int, default=None)
+    t.add_argument("--classes", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--patch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--loss", default="ce", choices=["ce", "wce", "dice", "bce_dice"])
+    t.add_argument("--optimizer", choices=["adam", "sgd"])
+    t.add_argument("--device", default="auto")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--channel-axis", type=int, default=None)
+    t.add_argument("--resume", help="model file to continue training from")
+    t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(func=run)
