@@ -5,6 +5,10 @@ neighbouring cells a thin gap of "membrane" is carved out, but some pairs touch 
 background between them: the case the U-Net weight map (Ronneberger et al. 2015, eq. 2) is made
 for. The image mimics ssTEM: dark membranes, textured bright interiors with a few dark granules,
 a slight blur and Gaussian noise.
+
+:func:`organelles` adds an object task to the same cells: mitochondria-like ellipses (a dark
+double rim, striped "cristae", mid-grey) whose mask is the target, while the cell membranes and
+granules around them are dark distractors.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from skimage.segmentation import relabel_sequential
 
-__all__ = ["membrane_labels", "touching_cells"]
+__all__ = ["membrane_labels", "organelles", "touching_cells"]
 
 MEMBRANE_VALUE = 0
 INTERIOR_VALUE = 255
@@ -227,3 +231,89 @@ def membrane_labels(instances: np.ndarray) -> np.ndarray:
         raise ValueError(f"instances must be (Y, X) or (Z, Y, X), got shape {inst.shape}")
     interior = (inst > 0) & ~_contacts(inst)
     return np.where(interior, INTERIOR_VALUE, MEMBRANE_VALUE).astype(np.uint8)
+
+
+def _ellipses(shape: tuple[int, int], n: int, size: float, rng: np.random.Generator
+              ) -> np.ndarray:
+    """Up to n non-overlapping random ellipses (labels 1..), semi-axes ~size and ~size/2."""
+    out = np.zeros(shape, np.int32)
+    yy, xx = np.indices(shape, dtype=np.float64)
+    placed = 0
+    for _ in range(40 * n):
+        if placed == n:
+            break
+        a = size * rng.uniform(0.7, 1.3)
+        b = a * rng.uniform(0.35, 0.7)
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        t = rng.uniform(0, np.pi)
+        u = (yy - cy) * np.cos(t) + (xx - cx) * np.sin(t)
+        v = -(yy - cy) * np.sin(t) + (xx - cx) * np.cos(t)
+        inside = (u / a) ** 2 + (v / b) ** 2 <= 1
+        if not inside.any() or (ndi.binary_dilation(inside, iterations=3) & (out > 0)).any():
+            continue
+        placed += 1
+        out[inside] = placed
+    return out
+
+
+def organelles(
+    shape: Sequence[int] = (128, 128),
+    n_objects: int = 6,
+    seed: int = 0,
+    *,
+    size: float = 12.0,
+    n_cells: int = 12,
+    noise: float = 0.08,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Make an EM-like image of cells holding mitochondria-like objects, and the objects' labels.
+
+    Parameters
+    ----------
+    shape : (Y, X) or (Z, Y, X)
+        Output shape; every slice is independent.
+    n_objects : int
+        Objects per slice (fewer if they do not fit without overlapping).
+    seed : int
+        Random seed; the same arguments give the same arrays.
+    size : float
+        Typical long semi-axis of an object in pixels (the short one is 0.35-0.7 of it).
+    n_cells : int
+        Cells of the background (:func:`touching_cells`), whose membranes are distractors.
+    noise : float
+        Standard deviation of the additive Gaussian noise (image range [0, 1]).
+
+    Returns
+    -------
+    image : numpy.ndarray
+        float32 in [0, 1].
+    objects : numpy.ndarray
+        int32 object labels, 0 = background, 1..k per slice.
+    """
+    dims = _check_shape(shape)
+    n_objects = _check_int("n_objects", n_objects, 1)
+    seed = _check_int("seed", seed, 0)
+    n_cells = _check_int("n_cells", n_cells, 1)
+    if not (np.isfinite(size) and 2 <= size <= min(dims[-2:]) / 2):
+        raise ValueError(f"size must be in [2, {min(dims[-2:]) / 2}], got {size!r}")
+    if not np.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
+    children = np.random.SeedSequence(seed).spawn(1 if len(dims) == 2 else dims[0])
+    images, masks = [], []
+    for child in children:
+        rng = np.random.default_rng(child)
+        cells, _ = touching_cells(dims[-2:], n_cells, int(rng.integers(2**31)), noise=0.0)
+        obj = _ellipses(dims[-2:], n_objects, float(size), rng)
+        inside = obj > 0
+        rim = inside & ~ndi.binary_erosion(inside, iterations=2)
+        dist = ndi.distance_transform_edt(inside)
+        angle = rng.uniform(0, np.pi, int(obj.max()) + 1)[obj]
+        yy, xx = np.indices(obj.shape)
+        stripes = 0.12 * np.sin((yy * np.cos(angle) + xx * np.sin(angle)) * 2 * np.pi / 5)
+        body = 0.42 + stripes * (dist > 3)
+        image = np.where(rim, 0.18, np.where(inside, body, cells))
+        image = ndi.gaussian_filter(image, 0.7) + noise * rng.standard_normal(obj.shape)
+        images.append(np.clip(image, 0, 1).astype(np.float32))
+        masks.append(obj)
+    if len(dims) == 2:
+        return images[0], masks[0]
+    return np.stack(images), np.stack(masks)
