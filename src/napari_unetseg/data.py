@@ -17,7 +17,7 @@ Three kinds of labels are understood (``labels_mode``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 
 from .normalize import Normalization
 
-__all__ = ["IGNORE", "LABELS_MODES", "TrainingData", "as_stack", "prepare_data"]
+__all__ = ["IGNORE", "LABELS_MODES", "TrainingData", "as_stack", "prepare_data", "relabel"]
 
 IGNORE = -1
 LABELS_MODES = ("sparse", "dense", "instances")
@@ -54,6 +54,9 @@ class TrainingData:
         Slices with training, respectively validation, labels.
     margin : int
         Extra reflect padding on every side (the unpadded U-Net's lost border).
+    min_size : int
+        Side the slices were mirror-padded up to (before the margin), see
+        :func:`prepare_data`.
     """
 
     image: np.ndarray
@@ -66,6 +69,7 @@ class TrainingData:
     train_slices: tuple[int, ...]
     val_slices: tuple[int, ...]
     margin: int = 0
+    min_size: int = 1
 
     @property
     def num_classes(self) -> int:
@@ -312,6 +316,77 @@ def prepare_data(
         train_slices=train_slices,
         val_slices=val_slices_out,
         margin=margin,
+        min_size=min_size,
+    )
+
+
+def _same_classes(lab: np.ndarray, data: TrainingData, w0: float, sigma: float
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Targets and weights of new labels in the classes ``data`` was prepared with."""
+    mode, values = data.labels_mode, data.class_values
+    if mode == "sparse":
+        top = int(lab.max()) if lab.size else 0
+        if top > len(values):
+            raise ValueError(f"label {top} is new; the model being trained has classes "
+                             f"1..{len(values)} (train again to add a class)")
+        if not lab.any():
+            raise ValueError("labels contain no painted pixel; paint at least two classes")
+        return (lab.astype(np.int16) - 1).astype(np.int16), None
+    if mode == "dense":
+        found = np.unique(lab)
+        new = sorted(set(found.tolist()) - set(values))
+        if new:
+            raise ValueError(f"label value(s) {new} are new; the model being trained has "
+                             f"classes {list(values)} (train again to add a class)")
+        return np.searchsorted(np.asarray(values), lab).astype(np.int16), None
+    target, weight, _ = _targets(lab, mode, w0, sigma)
+    return target, weight
+
+
+def relabel(
+    data: TrainingData,
+    labels: Any,
+    *,
+    val_fraction: float = 0.1,
+    val_slices: Any = None,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    seed: int = 0,
+) -> TrainingData:
+    """``data`` with targets, weights and validation split made from new ``labels``.
+
+    For training that goes on while the user paints: the image, its normalisation, the
+    padding and the class values are kept (a model's classes cannot change mid-run); only
+    what depends on the labels is made again, as :func:`prepare_data` makes it.
+
+    Raises
+    ------
+    ValueError
+        Labels of another shape, a value that is not one of ``data``'s classes, fewer than
+        two classes painted, or the other :func:`prepare_data` label errors.
+    """
+    s, h, w = data.image.shape[0], *data.image.shape[-2:]
+    lab = np.asarray(labels)
+    m = data.margin
+    if lab.ndim not in (2, 3) or lab.size == 0 or lab.reshape(-1, *lab.shape[-2:]).shape[0] != s:
+        raise ValueError(f"labels shape {lab.shape} does not match the training image "
+                         f"({s} slice(s))")
+    lab = _integer_labels(lab, lab.shape)
+    size = data.min_size
+    if _pad(lab[:1], size, m, "constant").shape[-2:] != (h, w):
+        raise ValueError(f"labels shape {lab.shape} does not match the training image")
+    target, weight = _same_classes(lab, data, w0, sigma)
+    if len(_classes(target)) < 2:
+        raise ValueError(f"labels hold a single class ({data.labels_mode} values "
+                         f"{np.unique(lab).tolist()}); training needs at least two")
+    train, val = _split(target, val_fraction, val_slices, np.random.default_rng(seed))
+    return replace(
+        data,
+        train_target=_pad(train, size, m, "constant", IGNORE),
+        val_target=None if val is None else _pad(val, size, m, "constant", IGNORE),
+        weight=None if weight is None else _pad(weight, size, m, "constant", 0.0),
+        train_slices=tuple(i for i in range(len(train)) if (train[i] >= 0).any()),
+        val_slices=() if val is None else tuple(i for i in range(len(val)) if (val[i] >= 0).any()),
     )
 
 

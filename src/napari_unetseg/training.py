@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,8 +30,9 @@ import torch
 
 from .augment import augment_batch
 from .config import ModelConfig
-from .data import TrainingData, prepare_data
+from .data import TrainingData, prepare_data, relabel
 from .devices import drain, resolve_device
+from .live import LabelsInbox
 from .normalize import Normalization
 from .sampler import PatchSampler
 from .train_config import TrainConfig, TrainEvent, TrainResult
@@ -59,6 +60,7 @@ class _Setup:
     stop: Callable[[], bool] | None
     batch: int  # patches per training step; halved on CUDA OOM (cfg is frozen)
     val_batch: int  # patches per validation forward; halved on CUDA OOM
+    inbox: LabelsInbox = field(default_factory=lambda: LabelsInbox(()))  # labels painted live
 
 
 def _initial_model(
@@ -181,7 +183,7 @@ def train(
                          f"give {data.class_values}")
     crit = _criterion(cfg, model_config)
     setup = _Setup(model, model_config, data, cfg, device, crit, patch, margin, stop,
-                   cfg.batch_size, cfg.batch_size)
+                   cfg.batch_size, cfg.batch_size, LabelsInbox(np.shape(labels)))
     return TrainRun(setup)
 
 
@@ -192,6 +194,7 @@ class TrainRun(Generator):
     :class:`TrainResult`. Between events, ``model`` is the network being trained (on the
     training device, in train mode) and ``normalization``/``class_values``/``device`` describe
     how to apply it, so a caller can preview predictions on a *copy* of it while it trains.
+    :meth:`update_labels` (from any thread) makes it train on new labels from its next step.
     """
 
     def __init__(self, setup: _Setup) -> None:
@@ -213,6 +216,29 @@ class TrainRun(Generator):
     @property
     def device(self) -> torch.device:
         return self._setup.device
+
+    @property
+    def data(self) -> TrainingData:
+        """The training data the patches are sampled from now."""
+        return self._setup.data
+
+    @property
+    def labels(self) -> LabelsInbox:
+        """The inbox of live labels: ``version`` counts the updates applied, ``problem``
+        says why the last one was not."""
+        return self._setup.inbox
+
+    def update_labels(self, labels: Any) -> None:
+        """Train on ``labels`` (same shape and classes as at the start) from the next step on.
+
+        Thread-safe and cheap (a copy): the loop rebuilds the targets, the validation split
+        and the stroke-centred sampling before its next step; if several updates come
+        between two steps only the newest is used. Labels the run cannot use (a class the
+        model does not have, a single class) are skipped and ``labels.problem`` says why.
+        The best-on-validation model is chosen again among the models validated after the
+        update (the old validation labels are gone). ValueError if the shape differs.
+        """
+        self._setup.inbox.put(labels)
 
     def send(self, value: Any) -> TrainEvent:
         return self._gen.send(value)
@@ -374,6 +400,24 @@ def _events(s: _Setup, pending: list, val: tuple[float, float] | None, seconds: 
     return out
 
 
+def _relabel(s: _Setup) -> bool:
+    """Take the newest live labels into ``s.data``; False (and the reason in the inbox) if
+    there were none or they do not fit."""
+    labels = s.inbox.take()
+    if labels is None:
+        return False
+    cfg = s.cfg
+    try:
+        s.data = relabel(s.data, labels, val_fraction=cfg.val_fraction,
+                         val_slices=cfg.val_slices, w0=cfg.w0, sigma=cfg.sigma, seed=cfg.seed)
+    except (ValueError, TypeError) as e:
+        log.info("live labels not used: %s", e)
+        s.inbox.done(str(e))
+        return False
+    s.inbox.done()
+    return True
+
+
 def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     cfg, model = s.cfg, s.model
     model.to(s.device).train()
@@ -392,11 +436,17 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     step, seen, stopped = 0, 0, False
     while step < cfg.iterations and not stopped:
         stopped = s.stop is not None and bool(s.stop())
+        if not stopped and s.inbox.waiting and _relabel(s):  # new strokes: sample from them
+            positions = sampler.generator  # the random stream goes on
+            sampler = PatchSampler(s.data, s.patch, s.device, seed=cfg.seed)
+            sampler.generator = positions
+            val_batches = sampler.validation_batches(cfg.batch_size, cfg.val_patches)
+            best.update(dice=-1.0, step=step, state=None)
         if not stopped:
             step += 1
             lr = opt.param_groups[0]["lr"]
             loss = _shrinking(s, "batch", "training",
-                              lambda n: _step(s, sampler, gen, opt, sched, n))
+                              lambda n, sampler=sampler: _step(s, sampler, gen, opt, sched, n))
             seen += s.batch
             pending.append((step, loss, lr, s.batch, seen))
         val = None
@@ -432,6 +482,7 @@ def _result(s: _Setup, history: list, best: dict, steps: int, seen: int, seconds
         "torch": torch.__version__, "napari_unetseg": _version(), "labels_mode": d.labels_mode,
         "class_values": list(d.class_values), "patch": s.patch, "margin": s.margin,
         "train_slices": list(d.train_slices), "val_slices": list(d.val_slices),
+        "labels_updates": s.inbox.version,
         "train_config": s.cfg.to_dict(),
     }
     return TrainResult(model, s.model_config, d.normalization, d.class_values, history, meta)
