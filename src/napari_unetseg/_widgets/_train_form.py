@@ -22,6 +22,7 @@ from ..augment import AugmentConfig
 from ..config import ModelConfig
 from ..training import TrainConfig
 from ._common import available_devices
+from ._live import PREVIEW_S
 
 __all__ = ["ARCHS", "LABELS_MODES", "PRESETS", "TrainForm"]
 
@@ -82,8 +83,14 @@ class TrainForm(QWidget):
         self.lr.setValue(1e-3)
         self.device = QComboBox()
         self.device.addItems(available_devices())
-        self.preview_every = _spin(0, 100_000, 50, 10)
-        self.preview_every.setToolTip("refresh the live preview every N steps (0 = off)")
+        self.preview_every = QDoubleSpinBox()
+        self.preview_every.setRange(0.0, 3600.0)
+        self.preview_every.setDecimals(1)
+        self.preview_every.setSuffix(" s")
+        self.preview_every.setValue(PREVIEW_S)
+        self.preview_every.setToolTip(
+            "refresh the live preview of the slice on screen every so many seconds, and at "
+            "once when you move to another slice (0 = no preview)")
         self._layout()
         self.preset.currentTextChanged.connect(self.apply_preset)
         for spin in (self.depth, self.width, self.iterations, self.patch, self.batch):

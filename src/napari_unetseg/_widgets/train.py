@@ -1,29 +1,36 @@
 """Train dock widget: pick an image and painted labels, train, watch, save.
 
 Thin: the fields become a ModelConfig and a TrainConfig (:mod:`._train_form`), the
-:func:`napari_unetseg.training.train` generator runs in a worker (:class:`._worker.Job`), its
-events feed a progress bar, a status line and a live plot, and every ``preview every`` steps
-a copy of the model segments the displayed slice into a preview layer. Cancel asks the
-training loop to stop (its ``stop`` callback), so the best model so far is kept. The trained
-model belongs to this widget and is shared with the other widgets of the viewer through
-:func:`._registry.store_for`.
+:func:`napari_unetseg.training.train` generator runs in a worker (:class:`._worker.Job`)
+through :class:`._live.LiveTraining`, its events feed a progress bar, a status line and a live
+plot. The live loop (:mod:`._live`): strokes painted while it trains enter its training set
+within a second, and every ``preview every`` seconds (and when the user moves to another
+slice) a copy of the model segments the slice on screen into a preview layer, without taking
+the selection or the brush from the painted layer. Cancel asks the training loop to stop
+(its ``stop`` callback), so the best model so far is kept. The trained model belongs to this
+widget and is shared with the other widgets of the viewer through :func:`._registry.store_for`.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from ..inference import InferenceConfig, predict
 from ..io import SavedModel
-from ..training import TrainEvent, TrainResult, TrainRun, train
+from ..training import TrainResult
 from . import _common, _files
-from ._common import LayerPicker, current_index, put_output
+from ._common import LayerPicker, current_index
+from ._live import (
+    LabelsApplied,
+    LabelsFeed,
+    LiveTraining,
+    Preview,
+    show_preview,
+    status_text,
+)
 from ._plot import LinePlot
 from ._registry import store_for
 from ._train_form import TrainForm
@@ -32,59 +39,7 @@ from ._worker import Job
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["Preview", "TrainWidget", "train_with_preview"]
-
-
-class Preview(NamedTuple):
-    """The model's labels for slice ``z`` after ``step`` steps (class values)."""
-
-    step: int
-    z: int
-    labels: np.ndarray
-
-
-def _live_state(gen: Generator) -> TrainRun | None:
-    """The running training (a :class:`~napari_unetseg.training.TrainRun`), or None."""
-    return gen if isinstance(gen, TrainRun) else None
-
-
-def _preview(gen: Generator, image: np.ndarray, z: int, step: int) -> Preview | None:
-    """Segment slice ``z`` with a copy of the model being trained (in the worker thread)."""
-    state = _live_state(gen)
-    if state is None:
-        return None
-    z = int(np.clip(z, 0, image.shape[0] - 1)) if image.ndim == 3 else 0
-    plane = np.asarray(image[z] if image.ndim == 3 else image)
-    try:
-        result = predict(copy.deepcopy(state.model), plane, normalization=state.normalization,
-                         config=InferenceConfig(device=str(state.device), batch_size=4))
-    except (RuntimeError, ValueError):  # e.g. out of GPU memory: skip this preview, keep training
-        return None
-    return Preview(step, z, _common.class_lut(state.class_values)[np.asarray(result.labels)])
-
-
-def train_with_preview(
-    image: np.ndarray, labels: np.ndarray, model_config: Any, train_config: Any, mode: str,
-    stop: Callable[[], bool], every: int, where: Callable[[], int],
-) -> Generator[TrainEvent | Preview, None, TrainResult]:
-    """:func:`~napari_unetseg.training.train`, plus a :class:`Preview` of slice ``where()``
-    after every ``every`` steps (0: never). Runs in the worker thread."""
-    gen = train(image, labels, model_config, train_config, labels_mode=mode, stop=stop)
-    done = 0
-    try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as finished:
-                return finished.value
-            yield event
-            if every and event.step // every > done:
-                done = event.step // every
-                preview = _preview(gen, image, where(), event.step)
-                if preview is not None:
-                    yield preview
-    finally:
-        gen.close()
+__all__ = ["Preview", "TrainWidget"]
 
 
 class TrainWidget(QWidget):
@@ -101,6 +56,7 @@ class TrainWidget(QWidget):
         self._stop = False
         self._preview_z = 0
         self._source: Any = None
+        self.live: LiveTraining | None = None
         self.subscriptions = _common.Subscriptions(self)  # cut when the widget is closed
         self.image_picker = LayerPicker(napari_viewer, Image, exclude_marked=True)
         self.labels_picker = LayerPicker(napari_viewer, Labels)
@@ -111,6 +67,7 @@ class TrainWidget(QWidget):
         self.status.setWordWrap(True)
         self.loss_plot = LinePlot("loss", ("train", "val"))
         self.dice_plot = LinePlot("validation Dice", ("val",), y_range=(0.0, 1.0))
+        self.feed = LabelsFeed(self.subscriptions, self._painted, self)
         self._layout()
         self.train_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
@@ -203,13 +160,16 @@ class TrainWidget(QWidget):
         self._track_slice()
         self.loss_plot.clear()
         self.dice_plot.clear()
-        gen = train_with_preview(
-            np.asarray(image.data), np.asarray(labels.data), model_cfg, train_cfg,
-            self.form.mode(), lambda: self._stop, self.form.preview_every.value(),
-            lambda: self._preview_z,
+        self.live = LiveTraining(
+            np.asarray(image.data), np.array(labels.data), model_cfg, train_cfg,
+            self.form.mode(), stop=lambda: self._stop, every_s=self.form.preview_every.value(),
+            where=lambda: self._preview_z,
         )
-        self.job = Job(gen, "Training", total=train_cfg.iterations, on_event=self._on_event,
-                       on_result=self._on_result, on_finished=self._on_finished, owner=self)
+        self.feed.watch(labels)
+        self._note = ""
+        self.job = Job(self.live.events(), "Training", total=train_cfg.iterations,
+                       on_event=self._on_event, on_result=self._on_result,
+                       on_finished=self._on_finished, owner=self)
         self._set_running(True)
         self.status.setText("preparing the data…")
         return self.job.start()
@@ -220,34 +180,29 @@ class TrainWidget(QWidget):
             self._stop = True
             self.status.setText("stopping…")
 
+    def _painted(self, labels: np.ndarray) -> None:
+        if self.live is not None and self.job is not None and self.job.running:
+            self.live.update_labels(labels)
+
     def _on_event(self, event: Any) -> int | None:
         if isinstance(event, Preview):
             self._show_preview(event)
             return None
+        if isinstance(event, LabelsApplied):
+            self._note = (f"new strokes not used: {event.problem}" if event.problem
+                          else f"strokes updated ({event.version}×)")
+            return None
         self.loss_plot.add("train", event.step, event.loss)
         self.loss_plot.add("val", event.step, event.val_loss)
         self.dice_plot.add("val", event.step, event.val_dice)
-        text = f"step {event.step}  loss {event.loss:.4f}"
-        if self.dice_plot.data["val"]:
-            text += f"  val Dice {self.dice_plot.data['val'][-1][1]:.3f}"
-        self.status.setText(f"{text}  ETA {event.eta_s:.0f} s")
+        val = self.dice_plot.data["val"]
+        self.status.setText(status_text(event, val[-1][1] if val else None, self._note))
         return event.step
 
     def _show_preview(self, preview: Preview) -> None:
         image = self._source
-        if image is None or image.name not in self.viewer.layers:
-            return
-        shape = tuple(image.data.shape)
-        layer = _common.find_output(self.viewer, self.owner, "preview", image.name)
-        data = np.asarray(layer.data) if layer is not None and layer.data.shape == shape else (
-            np.zeros(shape, dtype=preview.labels.dtype))
-        if data.ndim == 3:
-            data[:] = 0
-            data[preview.z] = preview.labels
-        else:
-            data = preview.labels
-        put_output(self.viewer, self.owner, "preview", image, data, "labels",
-                   f"{image.name} preview", opacity=0.5)
+        if image is not None and image.name in self.viewer.layers:
+            show_preview(self.viewer, self.owner, image, preview)
 
     def _on_result(self, result: TrainResult) -> None:
         steps = int(result.metadata.get("steps", 0))
@@ -268,6 +223,7 @@ class TrainWidget(QWidget):
 
     def _on_finished(self, job: Job) -> None:
         self._set_running(False)
+        self.feed.watch(None)
         if job.failed is not None:
             self.status.setText(f"failed: {job.failed}")
 

@@ -1,0 +1,270 @@
+"""The live loop of the Train widget: paint while it trains, see the slice on screen improve.
+
+- :class:`LiveTraining` runs :func:`napari_unetseg.training.train` in the worker thread; labels
+  painted meanwhile reach the run through :meth:`LiveTraining.update_labels` (any thread) and
+  enter its training set before its next step. Every ``every_s`` seconds, and at once when
+  the user moves to another slice, a copy of the model segments the slice on screen
+  (:class:`Preview`); when the run ends, the model it kept is previewed once more.
+- :class:`LabelsFeed` follows the painted Labels layer (paint, fill, erase, undo, a new
+  array) and hands a copy of its data to the run once the painting pauses for
+  :data:`DEBOUNCE_MS`.
+- :func:`show_preview` writes the preview layer without taking the selection, the active
+  layer or the tool away from the layer the user paints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer
+
+from ..inference import InferenceConfig, predict
+from ..training import TrainEvent, TrainResult, TrainRun, train
+from . import _common
+
+__all__ = [
+    "DEBOUNCE_MS", "PREVIEW_S", "LabelsApplied", "LabelsFeed", "LiveTraining", "Preview",
+    "kept_selection", "show_preview", "status_text",
+]
+
+#: Default seconds between two previews of the slice on screen.
+PREVIEW_S = 3.0
+#: Quiet time after the last brush event before the labels go to the running training.
+DEBOUNCE_MS = 250
+
+
+class Preview(NamedTuple):
+    """The model's labels for slice ``z`` after ``step`` steps (class values)."""
+
+    step: int
+    z: int
+    labels: np.ndarray
+
+
+class LabelsApplied(NamedTuple):
+    """The run took the labels painted last (``problem`` None) or skipped them (why)."""
+
+    version: int
+    problem: str | None
+
+
+def _preview(model: Any, normalization: Any, class_values: Any, device: Any,
+             image: np.ndarray, z: int, step: int) -> Preview | None:
+    """Segment slice ``z`` with a copy of ``model`` (in the worker thread)."""
+    z = int(np.clip(z, 0, image.shape[0] - 1)) if image.ndim == 3 else 0
+    plane = np.asarray(image[z] if image.ndim == 3 else image)
+    try:
+        result = predict(copy.deepcopy(model), plane, normalization=normalization,
+                         config=InferenceConfig(device=str(device), batch_size=4))
+    except (RuntimeError, ValueError):  # e.g. out of GPU memory: skip this preview, keep training
+        return None
+    return Preview(step, z, _common.class_lut(class_values)[np.asarray(result.labels)])
+
+
+class LiveTraining:
+    """A training run that takes new labels while it runs and previews the slice on screen.
+
+    Parameters
+    ----------
+    image, labels : np.ndarray
+        The image and the labels at the start (copies are not made: pass snapshots).
+    model_config, train_config, mode
+        As for :func:`napari_unetseg.training.train` (``mode`` is ``labels_mode``).
+    stop : callable
+        Returns True when the user asked to stop (the best model so far is kept).
+    every_s : float
+        Seconds between previews (0: no preview at all).
+    where : callable
+        The slice on screen (read in the worker thread).
+    """
+
+    def __init__(self, image: np.ndarray, labels: np.ndarray, model_config: Any,
+                 train_config: Any, mode: str, *, stop: Callable[[], bool], every_s: float,
+                 where: Callable[[], int]) -> None:
+        self.image, self._labels = image, labels
+        self.model_config, self.train_config, self.mode = model_config, train_config, mode
+        self.stop, self.every_s, self.where = stop, float(every_s), where
+        self.run: TrainRun | None = None
+        self._lock = threading.Lock()
+        self._early: np.ndarray | None = None  # painted before the run existed
+
+    def update_labels(self, labels: np.ndarray) -> None:
+        """Train on ``labels`` from the run's next step (any thread; a copy is taken)."""
+        with self._lock:
+            if self.run is None:
+                self._early = np.array(labels, copy=True)
+                return
+            run = self.run
+        with contextlib.suppress(ValueError):  # another shape: the run keeps its labels
+            run.update_labels(labels)
+
+    def _start(self) -> TrainRun:
+        gen = train(self.image, self._labels, self.model_config, self.train_config,
+                    labels_mode=self.mode, stop=self.stop)
+        with self._lock:
+            self.run, early, self._early = gen, self._early, None
+        if early is not None:
+            with contextlib.suppress(ValueError):
+                gen.update_labels(early)
+        return gen
+
+    def events(self) -> Generator[TrainEvent | Preview | LabelsApplied, None, TrainResult]:
+        """The worker's generator: training events, previews and label updates; returns the
+        :class:`~napari_unetseg.training.TrainResult`."""
+        run = self._start()
+        seen = (0, None)
+        last_t, last_z = time.perf_counter(), None
+        try:
+            while True:
+                try:
+                    event = next(run)
+                except StopIteration as finished:
+                    result = finished.value
+                    break
+                yield event
+                inbox = run.labels
+                if (inbox.version, inbox.problem) != seen:
+                    seen = (inbox.version, inbox.problem)
+                    yield LabelsApplied(*seen)
+                z = self.where()
+                if self.every_s and (z != last_z or time.perf_counter() - last_t >= self.every_s):
+                    preview = _preview(run.model, run.normalization, run.class_values,
+                                       run.device, self.image, z, event.step)
+                    last_t, last_z = time.perf_counter(), z
+                    if preview is not None:
+                        yield preview
+        finally:
+            run.close()
+        if self.every_s:  # the model the run kept
+            steps = int(result.metadata.get("steps", 0))
+            preview = _preview(result.model, result.normalization, result.class_values, "cpu",
+                               self.image, self.where(), steps) if steps else None
+            if preview is not None:
+                yield preview
+        return result
+
+
+class LabelsFeed(QObject):
+    """Hands a copy of a Labels layer's data to ``sink`` when the painting pauses.
+
+    Listens to the layer's ``paint`` (a stroke, a fill, an erase), ``labels_update``,
+    ``set_data`` (undo, redo) and ``data`` (a new array) events through ``subscriptions``
+    (cut when the widget closes); after :data:`DEBOUNCE_MS` without events it sends the data
+    if it changed since the last send.
+    """
+
+    def __init__(self, subscriptions: _common.Subscriptions, sink: Callable[[np.ndarray], None],
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._subs, self._sink = subscriptions, sink
+        self.layer: Any = None
+        self._sent: np.ndarray | None = None
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(DEBOUNCE_MS)
+        self.timer.timeout.connect(self.flush)
+
+    def _emitters(self) -> Iterator[Any]:
+        events = self.layer.events
+        for name in ("paint", "labels_update", "set_data", "data"):
+            if hasattr(events, name):
+                yield getattr(events, name)
+
+    def watch(self, layer: Any) -> None:
+        """Follow ``layer`` (None: nothing); its data now counts as sent."""
+        if self.layer is not None:
+            for emitter in self._emitters():
+                self._subs.disconnect(emitter, self._changed)
+        self.timer.stop()
+        self.layer = layer
+        self._sent = None if layer is None else np.array(layer.data, copy=True)
+        if layer is not None:
+            for emitter in self._emitters():
+                self._subs.connect(emitter, self._changed)
+
+    def _changed(self, event: Any = None) -> None:
+        self.timer.start()
+
+    def flush(self) -> None:
+        """Send the layer's data now if it differs from what was sent last."""
+        self.timer.stop()
+        if self.layer is None:
+            return
+        data = np.array(self.layer.data, copy=True)
+        if self._sent is not None and data.shape == self._sent.shape and np.array_equal(
+                data, self._sent):
+            return
+        self._sent = data
+        self._sink(data)
+
+
+@contextlib.contextmanager
+def kept_selection(viewer: Any) -> Iterator[None]:
+    """Restore the selected layers, the active layer and its mode (paint, erase, fill…)
+    after the block, e.g. after napari made an added layer the only selected one."""
+    selection = viewer.layers.selection
+    chosen, active = set(selection), selection.active
+    mode = getattr(active, "mode", None)
+    try:
+        yield
+    finally:
+        chosen = {layer for layer in chosen if layer in viewer.layers}
+        if set(selection) != chosen or selection.active is not active:
+            if active is not None and active in viewer.layers:
+                selection.active = active
+            else:
+                selection.clear()
+                selection.update(chosen)
+        if mode is not None and active in viewer.layers and active.mode != mode:
+            active.mode = mode
+
+
+def show_preview(viewer: Any, owner: str, image: Any, preview: Preview) -> Any:
+    """Write ``preview`` into the owner's preview layer of ``image`` (other slices blank).
+
+    A new preview layer goes just above the image (under the strokes being painted); the
+    selection, the active layer and its tool stay as they were.
+    """
+    shape = tuple(image.data.shape)
+    layer = _common.find_output(viewer, owner, "preview", image.name)
+    if layer is not None and tuple(layer.data.shape) == shape:
+        data = np.asarray(layer.data)
+        if data.ndim == 3:
+            data[:] = 0
+            data[preview.z] = preview.labels
+        else:
+            data[:] = preview.labels
+        layer.refresh()
+        return layer
+    data = np.zeros(shape, dtype=preview.labels.dtype)
+    data[preview.z if data.ndim == 3 else Ellipsis] = preview.labels
+    with kept_selection(viewer):
+        layer = _common.put_output(viewer, owner, "preview", image, data, "labels",
+                                   f"{image.name} preview", opacity=0.5)
+        at, above = viewer.layers.index(layer), viewer.layers.index(image) + 1
+        if at != above:
+            viewer.layers.move(at, above if above < at else above - 1)
+    return layer
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}")
+
+
+def status_text(event: TrainEvent, val_dice: float | None = None, note: str = "") -> str:
+    """The status line of a running training: step, loss, last validation Dice, time left."""
+    parts = [f"step {event.step}", f"loss {event.loss:.4f}"]
+    if val_dice is not None:
+        parts.append(f"val Dice {val_dice:.3f}")
+    parts.append(f"{_clock(event.eta_s)} left")
+    if note:
+        parts.append(note)
+    return " · ".join(parts)
