@@ -49,6 +49,10 @@ class TrainConfig:
     augment : AugmentConfig
     val_fraction, val_slices
         Validation hold-out, see :func:`napari_unetseg.data.prepare_data`.
+    time_budget_s : float or None
+        Stop after this many seconds of training (None: after ``iterations`` steps). With a
+        budget the learning-rate schedule runs over the budget (its progress is the larger of
+        the time and step fractions), so a run that ends on time has decayed fully.
     val_every, val_patches : int
         Validate every so many steps, on at most so many patches.
     device : str
@@ -85,6 +89,7 @@ class TrainConfig:
     ds_weights: tuple[float, ...] | None = None
     w0: float = 10.0
     sigma: float = 5.0
+    time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("val_slices", "ds_weights"):  # accept lists (e.g. from JSON)
@@ -104,6 +109,11 @@ class TrainConfig:
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        b = self.time_budget_s
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float))
+                              or not (math.isfinite(b) and 0 < b <= 1e7)):
+            raise ValueError(f"time_budget_s must be None or a number of seconds in (0, 1e7], "
+                             f"got {b!r}")
         if not isinstance(self.augment, AugmentConfig):
             raise TypeError(f"augment must be an AugmentConfig, got {type(self.augment)}")
         if not isinstance(self.amp, bool):
@@ -138,7 +148,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainEvent:
-    """Progress after one step; ``val_*`` are None except on validation steps."""
+    """Progress after one step; ``val_*`` are None except on validation steps.
+
+    ``elapsed_s`` is the training time so far (by the run's clock, from the first step's
+    start), so a caller can preview every few seconds; ``eta_s`` is the time left, from the
+    step rate and, with ``time_budget_s``, at most the budget left.
+    """
 
     step: int
     epoch: int
@@ -148,6 +163,7 @@ class TrainEvent:
     images_per_s: float
     eta_s: float
     lr: float
+    elapsed_s: float = 0.0
 
 
 @dataclass

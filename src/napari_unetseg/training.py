@@ -61,6 +61,7 @@ class _Setup:
     batch: int  # patches per training step; halved on CUDA OOM (cfg is frozen)
     val_batch: int  # patches per validation forward; halved on CUDA OOM
     inbox: LabelsInbox = field(default_factory=lambda: LabelsInbox(()))  # labels painted live
+    clock: Callable[[], float] | None = None  # time source of the budget (None: perf_counter)
 
 
 def _initial_model(
@@ -128,6 +129,7 @@ def train(
     channel_axis: int | None = None,
     resume: Any = None,
     stop: Callable[[], bool] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Check the inputs, then return the training generator.
 
@@ -147,6 +149,9 @@ def train(
         its model config and class values must match).
     stop : callable or None
         Called before every step; returning True ends training with a result.
+    clock : callable or None
+        Seconds for ``time_budget_s`` and the events' ``elapsed_s`` (None: wall clock,
+        ``time.perf_counter``); e.g. process CPU time per thread to budget on a shared machine.
 
     Returns
     -------
@@ -183,7 +188,7 @@ def train(
                          f"give {data.class_values}")
     crit = _criterion(cfg, model_config)
     setup = _Setup(model, model_config, data, cfg, device, crit, patch, margin, stop,
-                   cfg.batch_size, cfg.batch_size, LabelsInbox(np.shape(labels)))
+                   cfg.batch_size, cfg.batch_size, LabelsInbox(np.shape(labels)), clock)
     return TrainRun(setup)
 
 
@@ -261,13 +266,14 @@ def fit(
     resume: Any = None,
     stop: Callable[[], bool] | None = None,
     on_event: Callable[[TrainEvent], None] | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> TrainResult:
     """Run :func:`train` to the end and return its :class:`TrainResult`.
 
     Same parameters as :func:`train`, plus ``on_event`` called with every event.
     """
     gen = train(image, labels, model_config, train_config, labels_mode=labels_mode,
-                channel_axis=channel_axis, resume=resume, stop=stop)
+                channel_axis=channel_axis, resume=resume, stop=stop, clock=clock)
     return drain(gen, on_event)
 
 
@@ -279,12 +285,13 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
-def _lr_factor(schedule: str, total: int) -> Callable[[int], float]:
+def _lr_factor(schedule: str) -> Callable[[float], float]:
+    """Learning-rate factor at a progress ``f`` in [0, 1] (steps or time done / planned)."""
     if schedule == "cosine":
-        return lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+        return lambda f: 0.5 * (1.0 + math.cos(math.pi * min(f, 1.0)))
     if schedule == "poly":
-        return lambda t: max(0.0, 1.0 - t / total) ** 0.9
-    return lambda t: 1.0
+        return lambda f: max(0.0, 1.0 - f) ** 0.9
+    return lambda f: 1.0
 
 
 def _forward(s: _Setup, img: torch.Tensor) -> Any:
@@ -368,8 +375,7 @@ def _shrinking(s: _Setup, attr: str, doing: str, fn: Callable[[int], Any]) -> An
                     "batches of %d", doing, n, s.patch, s.patch, n // 2)
 
 
-def _step(s: _Setup, sampler: PatchSampler, gen: torch.Generator, opt, sched,
-          n: int) -> torch.Tensor:
+def _step(s: _Setup, sampler: PatchSampler, gen: torch.Generator, opt, n: int) -> torch.Tensor:
     # zeroing first also drops the gradients of an attempt that ran out of memory
     opt.zero_grad(set_to_none=True)
     img, tgt, wgt = sampler.sample(n)
@@ -378,12 +384,11 @@ def _step(s: _Setup, sampler: PatchSampler, gen: torch.Generator, opt, sched,
     loss = s.criterion(_forward(s, img), _crop(tgt, s.margin), _crop(wgt, s.margin))
     loss.backward()
     opt.step()
-    sched.step()
     return loss.detach()
 
 
-def _events(s: _Setup, pending: list, val: tuple[float, float] | None, seconds: float
-            ) -> list[TrainEvent]:
+def _events(s: _Setup, pending: list, val: tuple[float, float] | None, seconds: float,
+            elapsed: float) -> list[TrainEvent]:
     """Events of the pending steps, with their losses read from the device in one transfer.
 
     ``pending`` holds ``(step, loss, lr, patches in the step, patches so far)``.
@@ -396,7 +401,10 @@ def _events(s: _Setup, pending: list, val: tuple[float, float] | None, seconds: 
     for (i, _, lr, _, seen), loss in zip(pending, losses, strict=True):
         vl, vd = val if val is not None and i == pending[-1][0] else (None, None)
         eta = (s.cfg.iterations - i) * s.batch / rate
-        out.append(TrainEvent(i, seen * pixels // area, float(loss), vl, vd, rate, eta, lr))
+        if s.cfg.time_budget_s is not None:
+            eta = max(0.0, min(eta, s.cfg.time_budget_s - elapsed))
+        out.append(TrainEvent(i, seen * pixels // area, float(loss), vl, vd, rate, eta, lr,
+                              elapsed))
     return out
 
 
@@ -424,7 +432,8 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     if s.device.type in ("cuda", "cpu"):
         model.to(memory_format=torch.channels_last)
     opt = _optimizer(model, cfg, s.device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(cfg.schedule, cfg.iterations))
+    factor = _lr_factor(cfg.schedule)
+    budget = cfg.time_budget_s
     sampler = PatchSampler(s.data, s.patch, s.device, seed=cfg.seed)
     val_batches = sampler.validation_batches(cfg.batch_size, cfg.val_patches)
     s.val_batch = max((len(b[0]) for b in val_batches), default=1)
@@ -433,8 +442,9 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     pending: list[tuple[int, torch.Tensor, float, int, int]] = []
     best: dict[str, Any] = {"dice": -1.0, "step": 0, "state": None}
     t0 = t_flush = time.perf_counter()
-    step, seen, stopped = 0, 0, False
-    while step < cfg.iterations and not stopped:
+    c0 = t0 if s.clock is None else s.clock()
+    step, seen, stopped, timeout = 0, 0, False, False
+    while step < cfg.iterations and not (stopped or timeout):
         stopped = s.stop is not None and bool(s.stop())
         if not stopped and s.inbox.waiting and _relabel(s):  # new strokes: sample from them
             positions = sampler.generator  # the random stream goes on
@@ -442,39 +452,48 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
             sampler.generator = positions
             val_batches = sampler.validation_batches(cfg.batch_size, cfg.val_patches)
             best.update(dice=-1.0, step=step, state=None)
-        if not stopped:
+        if budget is not None:
+            used = (time.perf_counter() if s.clock is None else s.clock()) - c0
+            timeout = step > 0 and used >= budget
+        if not (stopped or timeout):
             step += 1
-            lr = opt.param_groups[0]["lr"]
+            done = (step - 1) / cfg.iterations
+            lr = cfg.lr * factor(done if budget is None else max(done, used / budget))
+            for group in opt.param_groups:
+                group["lr"] = lr
             loss = _shrinking(s, "batch", "training",
-                              lambda n, sampler=sampler: _step(s, sampler, gen, opt, sched, n))
+                              lambda n, sampler=sampler: _step(s, sampler, gen, opt, n))
             seen += s.batch
             pending.append((step, loss, lr, s.batch, seen))
+        last = step == cfg.iterations or timeout
         val = None
-        if val_batches and not stopped and (step % cfg.val_every == 0 or step == cfg.iterations):
+        if val_batches and not stopped and (step % cfg.val_every == 0 or last):
             val = _evaluate(s, val_batches)
             if val[1] > best["dice"]:
                 state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 best.update(dice=val[1], step=step, state=state)
-        due = len(pending) >= cfg.log_every or val or step == cfg.iterations or stopped
+        due = len(pending) >= cfg.log_every or val or last or stopped
         if pending and (due or time.perf_counter() - t_flush > _FLUSH_S):
-            events = _events(s, pending, val, time.perf_counter() - t_flush)
+            now = time.perf_counter()
+            elapsed = now - t0 if s.clock is None else s.clock() - c0
+            events = _events(s, pending, val, now - t_flush, elapsed)
             pending = []
             for ev in events:
                 history.append(asdict(ev))
                 yield ev
             t_flush = time.perf_counter()
-    return _result(s, history, best, step, seen, time.perf_counter() - t0, stopped)
+    return _result(s, history, best, step, seen, time.perf_counter() - t0, stopped, timeout)
 
 
 def _result(s: _Setup, history: list, best: dict, steps: int, seen: int, seconds: float,
-            stopped: bool) -> TrainResult:
+            stopped: bool, timeout: bool = False) -> TrainResult:
     model = s.model
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()
     d = s.data
     meta = {
-        "steps": steps, "seconds": seconds, "stopped": stopped,
+        "steps": steps, "seconds": seconds, "stopped": stopped, "out_of_time": timeout,
         "best_step": best["step"] if best["state"] is not None else steps,
         "best_val_dice": best["dice"] if best["state"] is not None else None,
         "images_per_s": seen / max(seconds, 1e-9), "batch_size_used": s.batch,
