@@ -11,6 +11,7 @@ zarr = pytest.importorskip("zarr")
 distributed = pytest.importorskip("distributed")
 
 from napari_unetseg import blockwise  # noqa: E402
+from napari_unetseg import cluster as distributed_blocks  # noqa: E402
 from napari_unetseg.config import ModelConfig  # noqa: E402
 from napari_unetseg.inference import InferenceConfig  # noqa: E402
 from napari_unetseg.io import save_model  # noqa: E402
@@ -52,7 +53,7 @@ def client():
 def test_equals_local_and_loads_model_once_per_worker(files, client):
     d, _ = files
     before = blockwise.load_counts()
-    events = list(blockwise.segment_volume_distributed(
+    events = list(distributed_blocks.segment_volume_distributed(
         client, d / "m.unetseg", str(d / "in.zarr"), str(d / "dist.zarr"), block=BLOCK,
         config=CFG, probabilities=True))
     np.testing.assert_array_equal(_read(d / "dist.zarr"), _read(d / "local.zarr"))
@@ -66,7 +67,7 @@ def test_equals_local_and_loads_model_once_per_worker(files, client):
     for w in workers:
         assert after.get(w, 0) - before.get(w, 0) == (w in used), (w, before, after)
     # a second run on the same workers loads nothing again
-    blockwise.predict_volume_distributed(client, d / "m.unetseg", str(d / "in.zarr"),
+    distributed_blocks.predict_volume_distributed(client, d / "m.unetseg", str(d / "in.zarr"),
                                          str(d / "dist2.zarr"), block=BLOCK, config=CFG)
     assert {w: blockwise.load_counts().get(w, 0) for w in workers} == {
         w: after.get(w, 0) for w in workers}
@@ -79,7 +80,7 @@ def test_resume_a_local_run_on_the_cluster_with_numpy_input(files, client):
     for _ in range(5):
         next(gen)
     gen.close()
-    res = blockwise.predict_volume_distributed(client, d / "m.unetseg", vol,
+    res = distributed_blocks.predict_volume_distributed(client, d / "m.unetseg", vol,
                                                str(d / "mixed.zarr"), config=CFG)
     assert (res.computed, res.skipped, res.blocks) == (13, 5, 18)
     np.testing.assert_array_equal(_read(d / "mixed.zarr"), _read(d / "local.zarr"))
@@ -89,7 +90,7 @@ def test_model_must_be_a_file(files, client):
     d, vol = files
     saved = blockwise._load(d / "m.unetseg")
     with pytest.raises(TypeError, match="paths the workers can open"):
-        blockwise.predict_volume_distributed(client, saved, vol, str(d / "x.zarr"))
+        distributed_blocks.predict_volume_distributed(client, saved, vol, str(d / "x.zarr"))
 
 
 def test_worker_processes_each_load_once(files):
@@ -97,7 +98,7 @@ def test_worker_processes_each_load_once(files):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=":0") as cluster, distributed.Client(
             cluster) as c:
-        blockwise.predict_volume_distributed(c, d / "m.unetseg", str(d / "in.zarr"),
+        distributed_blocks.predict_volume_distributed(c, d / "m.unetseg", str(d / "in.zarr"),
                                              str(d / "procs.zarr"), block=BLOCK, config=CFG)
         counts = c.run(blockwise.load_counts)  # each worker process's own counter
     np.testing.assert_array_equal(_read(d / "procs.zarr"), _read(d / "local.zarr"))

@@ -13,9 +13,8 @@ Each block is predicted with exactly the tiles that the in-memory overlap-tile i
 slice, read from the input with their halo (up to one tile plus the model's margin beyond the
 block, mirror-padded at the volume border as the tiler does) and blended with the same window,
 so the result equals :func:`napari_unetseg.inference.predict` on the whole volume, without
-seams between blocks. The ``dask.distributed`` variants are in :mod:`napari_unetseg.cluster`
-(also reachable here as ``blockwise.segment_volume_distributed`` /
-``predict_volume_distributed``).
+seams between blocks. The ``dask.distributed`` variants are in :mod:`napari_unetseg.cluster`,
+which builds on this module (this module never imports it).
 """
 
 from __future__ import annotations
@@ -383,11 +382,3 @@ def predict_volume(model: Any, input: Any, output_store: Any, **kwargs: Any) -> 
     """:func:`segment_volume` run to the end (same arguments)."""
     return drain(segment_volume(model, input, output_store, **kwargs))
 
-
-def __getattr__(name: str) -> Any:
-    # The dask.distributed variants live in .cluster (imported on first use).
-    if name in ("segment_volume_distributed", "predict_volume_distributed"):
-        from . import cluster
-
-        return getattr(cluster, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

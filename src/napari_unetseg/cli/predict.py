@@ -120,8 +120,10 @@ def _predict_zarr(args: argparse.Namespace) -> int:
         if args.scheduler:
             from distributed import Client
 
+            from .. import cluster
+
             with Client(args.scheduler) as client:
-                res = drain(blockwise.segment_volume_distributed(
+                res = drain(cluster.segment_volume_distributed(
                     client, args.model, src, args.output, **kw), show)
         else:
             res = drain(blockwise.segment_volume(saved, src, args.output, **kw), show)

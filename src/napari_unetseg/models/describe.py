@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import ModelConfig
 from .base import Level, SegmentationNet
+from .build import build_model
 
 __all__ = ["count_flops", "describe"]
 
@@ -54,8 +55,6 @@ def describe(cfg: ModelConfig, size: int | None = None) -> dict[str, Any]:
         ``flops_per_pixel_by_level`` and ``params_by_level`` (lists for levels
         ``1..depth``: what the pruned level-L network costs and uses).
     """
-    from . import build_model
-
     with torch.device("meta"):
         model = build_model(cfg)
     model.eval()
