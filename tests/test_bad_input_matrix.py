@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -352,10 +351,14 @@ def test_no_write_permission_is_a_clean_error(ctx, monkeypatch, capsys):
 
 
 def test_permission_denied_by_the_os_names_the_folder(ctx, monkeypatch):
-    def denied(*a, **k):
-        raise PermissionError(errno.EACCES, "Permission denied")
+    real_open = os.open
 
-    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    def denied(path, flags, *a, **k):
+        if flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", denied)
     with pytest.raises(PermissionError, match=f"no permission to write in {ctx['dir']}"):
         write_tif(ctx["dir"] / "p.tif", np.zeros((4, 4), np.uint8))
     assert not (ctx["dir"] / "p.tif").exists()

@@ -197,7 +197,7 @@ def test_header_field_mutations(work, edits):
 
 
 @settings(max_examples=150, **SETTINGS)
-@given(values=st.lists(st.integers(-(2**40), 2**40), min_size=2, max_size=2),
+@given(values=st.lists(st.integers(-(2**31), 2**31 - 1), min_size=2, max_size=2),
        names=st.lists(st.text(max_size=5), min_size=2, max_size=2),
        meta=st.recursive(st.none() | st.integers() | st.text(max_size=4),
                          lambda c: st.lists(c, max_size=3) | st.dictionaries(
@@ -207,6 +207,15 @@ def test_informative_fields_with_any_valid_json_still_load(work, values, names, 
     header.update(class_values=values, class_names=names, metadata={"x": meta})
     assert _check(work, _with_header(work, header)) == "loaded"
     assert load_model(work["dir"] / "case.unetseg").class_values == values
+
+
+@pytest.mark.parametrize("values", [[0, 2**32], [-1, 2**31], [2**40, -(2**40)]])
+def test_class_values_no_label_image_can_hold_are_refused(work, values):
+    """They would be wrapped when written back (4e9 as int32 was -294967296)."""
+    header = _header(work)
+    header.update(class_values=values)
+    with pytest.raises(ModelFileError, match="does not fit a label image"):
+        load_model(_write(work, _with_header(work, header)))
 
 
 # ---------------------------------------------------------------------------- archive surgery

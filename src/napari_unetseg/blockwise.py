@@ -34,7 +34,14 @@ import numpy as np
 import torch
 
 from .devices import drain
-from .inference import InferenceConfig, _prepare
+from .files import SpecialFileError
+from .inference import (
+    InferenceConfig,
+    _prepare,
+    check_slice,
+    finite_per_slice,
+    refuse_nonfinite,
+)
 from .io import SavedModel, load_model
 from .postprocess import class_lut
 from .predictor import Chunked, auto_batch, inference_network, make_predictor
@@ -208,11 +215,14 @@ class _Runner:
         labels = np.empty((z1 - z0, y1 - y0, x1 - x0), self.lut.dtype)
         probs = np.empty((z1 - z0, k, *labels.shape[1:]), np.float16) if keep_probs else None
         for i in range(z1 - z0):
-            if raw.dtype.kind == "f" and not np.isfinite(raw[i]).all():
-                raise ValueError(f"slice {z0 + i} contains NaN or infinite pixels in block "
-                                 f"{bounds}; expected finite values")
+            try:
+                check_slice(raw[i], self.saved.normalization, z0 + i)
+            except ValueError as e:
+                raise ValueError(f"{e} (in block {bounds})") from None
             arr = np.asarray(self.saved.normalization(raw[i][None]), dtype=np.float32)
             st = self._stitch(arr, origins, span)[:, crop[0], crop[1]]
+            if not bool(finite_per_slice(st[None])[0]):
+                refuse_nonfinite(np.zeros(1, bool), [z0 + i])
             lab = (st[0] >= 0.5) if k == 1 else st.argmax(0)
             labels[i] = self.lut[lab.to(torch.int64).cpu().numpy()]
             if probs is not None:
@@ -293,9 +303,40 @@ def _write(group: Any, idx: tuple, bounds: list, labels: np.ndarray, probs: Any)
     group["done"][idx] = 1
 
 
+def _check_store(store: Any, source: Any) -> None:
+    """A local output path must be a zarr store, an empty folder or a new path in an existing
+    folder, and not the input: checked before anything is created."""
+    if not isinstance(store, (str, os.PathLike)) or "://" in str(store):
+        return  # a zarr store object or a URL: zarr checks it
+    path = Path(store)
+    if os.path.islink(path):
+        raise SpecialFileError(f"output {path} is a symbolic link; give the store's own path")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output {path} is a file, not a zarr store")
+    if isinstance(source, (str, os.PathLike)) and "://" not in str(source):
+        a, b = path.resolve(), Path(source).resolve()
+        if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+            raise ValueError(f"output {path} is (inside) the input {source}; write the output "
+                             "to another path")
+    if path.is_dir():
+        names = set(os.listdir(path))
+        if names and not names & {"zarr.json", ".zgroup", ".zattrs", ".zarray"}:
+            raise ValueError(f"output {path} is a folder that is not a zarr store; give a new "
+                             "path (or an empty folder)")
+    elif not path.parent.is_dir():
+        raise FileNotFoundError(f"folder {path.parent} does not exist (it is not created)")
+    folder = path if path.is_dir() else path.parent
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"no permission to write in {folder}")
+
+
 def _setup(model: Any, source: Any, store: Any, block: Any, config: Any, probabilities: bool,
            resume: bool) -> tuple:
-    saved, image = _load(model), _open_input(source)
+    _check_store(store, source)
+    image = _open_input(source)
+    if block is not None:
+        _block_shape(block, tuple(image.shape))  # before anything is loaded or created
+    saved = _load(model)
     runner = _Runner(saved, image, config)
     group, block = _open_output(store, tuple(int(s) for s in image.shape), block,
                                 runner.job.classes, runner.lut, probabilities,

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .normalize import Normalization
+from .postprocess import label_dtype
 
 __all__ = ["IGNORE", "LABELS_MODES", "TrainingData", "as_stack", "prepare_data", "relabel"]
 
@@ -141,6 +142,7 @@ def _targets(
             raise ValueError(f"dense labels have {len(values)} distinct values; at most 1024 "
                              "classes (use labels_mode='instances' for object ids)")
         target = inverse.reshape(lab.shape).astype(np.int16)
+        label_dtype(values)  # predictions are written back in these values: never wrapped
         return target, None, tuple(int(v) for v in values)
     from .weightmap import instance_targets, weight_map
 
@@ -304,6 +306,7 @@ def prepare_data(
         i for i in range(len(val)) if (val[i] >= 0).any())
     if normalization is None:
         normalization = Normalization.fit(stack[list(train_slices)])
+    normalization.check_range(float(stack.min()), float(stack.max()))  # never feed infinities
     img = _pad(normalization(stack), min_size, margin, "reflect")
     return TrainingData(
         image=np.ascontiguousarray(img),

@@ -202,10 +202,48 @@ def _read_slice(image: Any, lay: _Layout, z: int) -> np.ndarray:
         idx: list[Any] = [slice(None)] * len(image.shape)
         idx[lay.z_axis] = z
         arr = np.asarray(image[tuple(idx)])
-    arr = arr[None] if lay.c_axis is None else np.moveaxis(arr, lay.c_axis, 0)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise ValueError(f"slice {z} contains NaN or infinite pixels; expected finite values")
-    return arr
+    return arr[None] if lay.c_axis is None else np.moveaxis(arr, lay.c_axis, 0)
+
+
+def check_slice(raw: np.ndarray, normalization: Callable, z: int) -> np.ndarray | None:
+    """Refuse slice ``z`` if it holds NaN or infinite pixels, or values that overflow float32
+    once normalised; returns it normalised on the host when ``normalization`` is not a
+    :class:`Normalization` (a plain callable), else None."""
+    where = f"slice {z}"
+    if type(normalization) is Normalization:
+        if raw.dtype.kind == "f" or raw.dtype.kind in "iu" and _may_overflow(normalization,
+                                                                            raw.dtype):
+            normalization.check_range(float(raw.min()), float(raw.max()), where)
+        return None
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raise ValueError(f"{where} contains NaN or infinite pixels; expected finite values")
+    out = np.asarray(normalization(raw), dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{where}: the normalisation gives NaN or infinite values")
+    return out
+
+
+def _may_overflow(normalization: Normalization, dtype: np.dtype) -> bool:
+    info = np.iinfo(dtype)
+    try:
+        normalization.check_range(float(info.min), float(info.max))
+    except ValueError:
+        return True
+    return False
+
+
+def finite_per_slice(stitched: torch.Tensor) -> torch.Tensor:
+    """Per slice of ``(N, K, Y, X)`` network output: whether it is all finite (on its device,
+    so CUDA need not wait; read it with the results)."""
+    return torch.isfinite(stitched).flatten(1).all(1)
+
+
+def refuse_nonfinite(ok: np.ndarray, indices: list[int]) -> None:
+    bad = [z for z, good in zip(indices, ok.tolist(), strict=True) if not good]
+    if bad:
+        raise ValueError(
+            f"the model gave NaN or infinite values on slice {bad[0]}: its weights or its "
+            "normalisation are out of range for this image (a damaged or foreign model file?)")
 
 
 # dtypes that cross to the device as they are and are normalised there
@@ -440,7 +478,8 @@ def segment(
     pending: tuple[int, _ToHost] | None = None
 
     def write(first: int, copy: _ToHost) -> None:
-        labels, probs = copy.numpy()
+        labels, probs, ok = copy.numpy()
+        refuse_nonfinite(ok, job.indices[first : first + len(labels)])
         for j in range(len(labels)):
             at = first + j if lead else Ellipsis
             if probs_out is not None:
@@ -448,13 +487,16 @@ def segment(
             labels_out[at] = labels[j].astype(label_dtype, copy=False)
 
     for first in range(0, len(job.indices), per):
-        raws = [_read_slice(image, job.lay, z) for z in job.indices[first : first + per]]
+        zs = job.indices[first : first + per]
+        raws = [_read_slice(image, job.lay, z) for z in zs]
+        host = [check_slice(r, normalization, z) for r, z in zip(raws, zs, strict=True)]
         prepare = _device_normalizer(normalization, raws[0].dtype)
         if prepare is None:
-            raws = [np.asarray(normalization(r), dtype=np.float32) for r in raws]
+            raws = [h if h is not None else np.asarray(normalization(r), dtype=np.float32)
+                    for h, r in zip(host, raws, strict=True)]
         stitched = yield from _run_group(np.stack(raws), job, chunked, batch, first, prepare)
         probs = stitched.to(prob_dtype) if probs_out is not None else None
-        copy = _ToHost([_labels(stitched, k), probs])
+        copy = _ToHost([_labels(stitched, k), probs, finite_per_slice(stitched)])
         if pending is not None:  # the previous group, copied while this one ran
             write(*pending)
         pending = (first, copy)

@@ -7,38 +7,54 @@ A model file is a ZIP archive holding only data, never code:
   training metadata;
 - ``tensors/<name>.npy``: one NumPy array per entry of the network's ``state_dict``.
 
-Loading reads the JSON, builds the network from its config, checks every tensor's declared size
-against the network before reading it, and parses arrays with ``allow_pickle=False``: nothing in
-the file can run code. Writes go to a temporary file in the target folder and are moved into place
-atomically; an existing file is never replaced unless ``overwrite=True``.
+Loading opens only a regular file that starts as a ZIP archive and is no larger than
+:data:`MAX_MODEL_FILE_BYTES`, reads the JSON, checks that the network its config declares fits
+:data:`MAX_NETWORK_BYTES`, the machine's free memory and the file (a small file cannot declare a
+huge network: no deflate bomb), builds it, checks every tensor's declared size against the
+network before reading it, and parses arrays with ``allow_pickle=False``: nothing in the file can
+run code. Weights must be finite in float32 and BatchNorm variances non-negative.
+Writes go through :func:`napari_unetseg.files.atomic_write` (regular files only, normal file
+modes, atomic); an existing file is never replaced unless ``overwrite=True``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io as _io
 import json
 import os
 import struct
-import tempfile
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from .config import ModelConfig
+from .files import atomic_write, available_memory, describe_bytes, one_line, open_regular
 from .normalize import Normalization
+from .postprocess import label_dtype
+from .tiff import read_tif, write_tif
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MAX_MODEL_FILE_BYTES", "MAX_NETWORK_BYTES",
+           "MODEL_SUFFIX", "ModelFileError", "SavedModel", "atomic_write", "load_model",
+           "read_tif", "save_model", "write_tif"]
 
 FORMAT_NAME = "napari-unetseg-model"
 FORMAT_VERSION = 1
 MODEL_SUFFIX = ".unetseg"
+#: Largest network (bytes of weights) a model file may declare: 4 GiB, 1e9 float32 weights,
+#: 30 times the "paper" U-Net. Networks beyond half the machine's free memory are refused too.
+MAX_NETWORK_BYTES = 4 << 30
+#: Largest model file read: the weights of the largest network in float64, plus headers.
+MAX_MODEL_FILE_BYTES = 2 * MAX_NETWORK_BYTES + (64 << 20)
 _MAX_JSON_BYTES = 1 << 20
-_MAX_DEFLATE_RATIO = 1100  # deflate never expands data more than ~1032-fold
+#: A network may need at most this many times the file's size: float32 weights barely
+#: compress (a saved file is ~0.9x its network), zeros compress ~1000-fold (a deflate bomb).
+_MAX_EXPANSION = 16
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 class ModelFileError(ValueError):
@@ -55,59 +71,6 @@ class SavedModel:
     class_values: list[int] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------- atomic writes
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, overwrite: bool = False) -> Iterator[IO[bytes]]:
-    """Open a temporary file beside ``path``; on success move it to ``path`` atomically.
-
-    On any exception (including a cancel that raises into the ``with`` body) the temporary file is
-    removed and an existing ``path`` is left byte-identical.
-    """
-    path = Path(path)
-    _check_writable_target(path, overwrite)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except PermissionError as e:
-        raise PermissionError(e.errno, f"no permission to write in {path.parent}") from e
-    try:
-        os.close(fd)
-        with open(tmp, "wb") as fh:  # a named handle (tifffile looks at fh.name)
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if path appeared meanwhile: no silent overwrite
-            except FileExistsError:
-                raise FileExistsError(
-                    f"{path} already exists; pass overwrite=True to replace it"
-                ) from None
-            except OSError:  # file systems without hard links
-                if path.exists():
-                    raise FileExistsError(
-                        f"{path} already exists; pass overwrite=True to replace it"
-                    ) from None
-                os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _check_writable_target(path: Path, overwrite: bool) -> None:
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; expected a file path to write")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent} does not exist")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    if not os.access(path.parent, os.W_OK):
-        raise PermissionError(f"no permission to write in {path.parent}")
 
 
 # ---------------------------------------------------------------------------- model files
@@ -187,11 +150,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> SavedModel:
         content of the file (``tests/test_fuzz_model_file.py``).
     """
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; expected a {MODEL_SUFFIX} model file")
-    if not path.exists():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    blob = path.read_bytes()  # real I/O errors (permission, disk) surface here, as OSError
+    blob = _read_model_bytes(path)  # real I/O errors (permission, disk) surface here, as OSError
     try:
         with zipfile.ZipFile(_io.BytesIO(blob), "r") as zf:
             header = _read_header(zf, path)
@@ -204,7 +163,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> SavedModel:
         raise ModelFileError(f"{path} is not a readable napari-unetseg model file: {e}") from e
     except (ValueError, TypeError, RuntimeError, NotImplementedError, OverflowError,
             RecursionError) as e:
-        raise ModelFileError(f"{path} is a damaged napari-unetseg model file: {e}") from e
+        raise ModelFileError(
+            f"{path} is a damaged napari-unetseg model file: {one_line(e)}") from e
     model.to(device).eval()
     return SavedModel(
         model=model,
@@ -214,6 +174,23 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> SavedModel:
         class_names=[str(n) for n in header["class_names"]],
         metadata=dict(header.get("metadata") or {}),
     )
+
+
+def _read_model_bytes(path: Path) -> bytes:
+    """The whole file, if it is a regular file, a ZIP and at most MAX_MODEL_FILE_BYTES."""
+    what = f"a {MODEL_SUFFIX} model file"
+    with open_regular(path, what) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > MAX_MODEL_FILE_BYTES:
+            raise ModelFileError(f"{path} is {describe_bytes(size)}, larger than any model file "
+                                 f"napari-unetseg reads ({describe_bytes(MAX_MODEL_FILE_BYTES)})")
+        if fh.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+            raise ModelFileError(f"{path} is not a readable napari-unetseg model file (not a ZIP "
+                                 "archive)")
+        blob = _ZIP_MAGIC + fh.read(MAX_MODEL_FILE_BYTES + 1 - len(_ZIP_MAGIC))
+    if len(blob) > MAX_MODEL_FILE_BYTES:  # it grew while being read
+        raise ModelFileError(f"{path} is larger than any model file napari-unetseg reads")
+    return blob
 
 
 def _read_header(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
@@ -254,6 +231,10 @@ def _parse_header(header: dict[str, Any], path: Path) -> tuple[ModelConfig, Norm
         raise ModelFileError(f"{path}: {len(values)} class values for {config.classes} classes")
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise ModelFileError(f"{path}: class values must be integers")
+    try:
+        label_dtype(values)
+    except ValueError as e:
+        raise ModelFileError(f"{path}: class values: {e}") from None
     if not isinstance(header.get("metadata", {}), dict):
         raise ModelFileError(f"{path}: metadata must be a JSON object")
     return config, normalization
@@ -271,10 +252,8 @@ def _build_and_fill(
     declared = header.get("tensors")
     if not isinstance(declared, dict) or set(declared) != set(expected):
         raise ModelFileError(f"{path}: its tensors do not match the network its config describes")
-    need = sum(t.numel() * t.element_size() for t in expected.values())
-    if need > _MAX_DEFLATE_RATIO * size:
-        raise ModelFileError(f"{path}: its config declares a network of {need} bytes, more than "
-                             f"a file of {size} bytes can hold")
+    _check_network_size(sum(t.numel() * t.element_size() for t in expected.values()), size,
+                        path)
     loaded = {}
     for name, ref in expected.items():
         try:
@@ -286,11 +265,38 @@ def _build_and_fill(
             raise ModelFileError(f"{path}: tensor {name!r} is larger than the network needs")
         arr = _read_npy(zf.read(info), tuple(ref.shape), f"{path}: tensor {name!r}")
         loaded[name] = torch.from_numpy(arr).to(ref.dtype)
-        if ref.is_floating_point() and not torch.isfinite(loaded[name]).all():
-            raise ModelFileError(f"{path}: tensor {name!r} holds NaN or infinite values")
+        if ref.is_floating_point():
+            _check_weights(arr, loaded[name], name, path)
     model = build_model(config)
     model.load_state_dict(loaded, strict=True)
     return model
+
+
+def _check_network_size(need: int, size: int, path: Path) -> None:
+    """Refuse a network larger than the limit, the machine, or what the file can hold."""
+    free = available_memory()
+    limit = MAX_NETWORK_BYTES if free is None else min(MAX_NETWORK_BYTES, free // 2)
+    if need > limit:
+        raise ModelFileError(
+            f"{path}: its config declares a network of {describe_bytes(need)}; napari-unetseg "
+            f"loads networks up to {describe_bytes(limit)} here (io.MAX_NETWORK_BYTES, or half "
+            "the free memory)")
+    if need > _MAX_EXPANSION * size:
+        raise ModelFileError(f"{path}: its config declares a network of {describe_bytes(need)}, "
+                             f"more than a file of {describe_bytes(size)} can hold")
+
+
+def _check_weights(arr: np.ndarray, tensor: Any, name: str, path: Path) -> None:
+    """Finite after the cast to the network's dtype; BatchNorm variances not negative."""
+    import torch
+
+    what = f"{path}: tensor {name!r}"
+    if not torch.isfinite(tensor).all():
+        finite = bool(np.isfinite(arr).all())
+        raise ModelFileError(f"{what} holds values that overflow {tensor.dtype}" if finite
+                             else f"{what} holds NaN or infinite values")
+    if name.endswith("running_var") and bool((tensor < 0).any()):
+        raise ModelFileError(f"{what} holds a negative BatchNorm variance")
 
 
 def _read_npy(data: bytes, shape: tuple[int, ...], what: str) -> np.ndarray:
@@ -335,38 +341,3 @@ def _jsonable(obj: Any) -> Any:
         return json.loads(json.dumps(obj, default=str))
     except (TypeError, ValueError):
         return {}
-
-
-# ---------------------------------------------------------------------------- TIFF
-
-
-def read_tif(path: str | os.PathLike) -> np.ndarray:
-    """Read a TIFF image or stack into memory with tifffile, with clear errors."""
-    import tifffile
-
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory; expected a TIFF file")
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        return tifffile.imread(path)
-    except (tifffile.TiffFileError, ValueError, OSError) as e:
-        if isinstance(e, OSError) and e.errno:
-            raise
-        raise ValueError(f"{path} is not a readable TIFF file: {e}") from e
-
-
-def write_tif(
-    path: str | os.PathLike,
-    array: np.ndarray,
-    *,
-    overwrite: bool = False,
-    compression: str | None = "zlib",
-) -> Path:
-    """Write ``array`` as a (multi-page) TIFF atomically; never replaces a file silently."""
-    import tifffile
-
-    with atomic_write(path, overwrite=overwrite) as fh:
-        tifffile.imwrite(fh, np.asarray(array), compression=compression, photometric="minisblack")
-    return Path(path)

@@ -7,13 +7,34 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def label_dtype(values: Sequence[int]) -> np.dtype:
+    """The smallest label image dtype holding every value: uint8, uint16 or uint32 for values
+    ``>= 0``, int32 with negatives.
+
+    Raises ValueError when no such dtype holds them (a value beyond 2**32 - 1, or negatives
+    with values beyond 2**31 - 1): a label value is never wrapped around.
+    """
+    vals = [int(v) for v in values] or [0]
+    lo, hi = min(vals), max(vals)
+    if lo >= 0:
+        for dtype in (np.uint8, np.uint16, np.uint32):
+            if hi <= np.iinfo(dtype).max:
+                return np.dtype(dtype)
+    elif np.iinfo(np.int32).min <= lo and hi <= np.iinfo(np.int32).max:
+        return np.dtype(np.int32)
+    bad = hi if lo >= 0 or hi > np.iinfo(np.int32).max else lo
+    raise ValueError(f"label value {bad} does not fit a label image: values must be in "
+                     f"0..{np.iinfo(np.uint32).max} (uint32), or in int32 with negatives")
+
+
 def class_lut(values: Sequence[int], classes: int | None = None) -> np.ndarray:
     """Class index -> label value, in the smallest dtype that holds the values.
 
     ``values[k]`` is the label value class ``k`` had in the training labels (the model file's
     ``class_values``). A one-class (sigmoid) model predicts 0 or 1, so its table is
-    ``[0, values[0]]``. The dtype is uint8, uint16 or int32. Index the table with predicted class
-    indices to write labels in the training values (``class_lut(v)[labels]``).
+    ``[0, values[0]]``. The dtype is :func:`label_dtype` of the values (ValueError if none
+    holds them). Index the table with predicted class indices to write labels in the training
+    values (``class_lut(v)[labels]``).
     """
     vals = [int(v) for v in values]
     classes = len(vals) if classes is None else classes
@@ -21,10 +42,8 @@ def class_lut(values: Sequence[int], classes: int | None = None) -> np.ndarray:
         vals = [1] if classes == 1 else list(range(classes))
     if len(vals) != classes:
         raise ValueError(f"the model has {classes} classes but {len(vals)} class values")
-    lut = np.asarray([0, vals[0]] if classes == 1 else vals, dtype=np.int64)
-    lo, hi = int(lut.min()), int(lut.max())
-    dtype = np.uint8 if lo >= 0 and hi < 256 else np.uint16 if lo >= 0 and hi < 65536 else np.int32
-    return lut.astype(dtype)
+    table = [0, vals[0]] if classes == 1 else vals
+    return np.asarray(table, dtype=label_dtype(table))
 
 
 def instances_from_probs(

@@ -14,6 +14,10 @@ are yielded together; ``stop`` is still called before every step.
 Out of CUDA memory, a training step is retried (same step) with half the batch, down to one
 patch, and validation runs its fixed patches in halved chunks; the batch used is logged,
 reported in the events' rate and in ``metadata["batch_size_used"]``.
+
+A loss that becomes NaN or infinite stops training with :class:`TrainingDiverged`, which carries
+the result of the last good weights (a snapshot taken whenever the losses are read back and the
+weights are finite).
 """
 
 from __future__ import annotations
@@ -38,11 +42,20 @@ from .sampler import PatchSampler
 from .train_config import TrainConfig, TrainEvent, TrainResult
 
 __all__ = [
-    "TrainConfig", "TrainEvent", "TrainResult", "TrainRun", "fit", "resolve_device", "train",
+    "TrainConfig", "TrainEvent", "TrainResult", "TrainRun", "TrainingDiverged", "fit",
+    "resolve_device", "train",
 ]
 
 _FLUSH_S = 0.5
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite; ``result`` holds the model of the last good step."""
+
+    def __init__(self, message: str, result: TrainResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -441,6 +454,8 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     history: list[dict[str, Any]] = []
     pending: list[tuple[int, torch.Tensor, float, int, int]] = []
     best: dict[str, Any] = {"dice": -1.0, "step": 0, "state": None}
+    good: dict[str, Any] = {"step": 0, "state": None}  # the last weights known to be finite
+    _keep_if_finite(model, good, 0)
     t0 = t_flush = time.perf_counter()
     c0 = t0 if s.clock is None else s.clock()
     step, seen, stopped, timeout = 0, 0, False, False
@@ -469,7 +484,7 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
         val = None
         if val_batches and not stopped and (step % cfg.val_every == 0 or last):
             val = _evaluate(s, val_batches)
-            if val[1] > best["dice"]:
+            if val[1] > best["dice"] and math.isfinite(val[0]):
                 state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 best.update(dice=val[1], step=step, state=state)
         due = len(pending) >= cfg.log_every or val or last or stopped
@@ -479,10 +494,41 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
             events = _events(s, pending, val, now - t_flush, elapsed)
             pending = []
             for ev in events:
+                if not math.isfinite(ev.loss):
+                    raise _diverged(s, history, best, good, ev, seen, time.perf_counter() - t0)
                 history.append(asdict(ev))
                 yield ev
+            _keep_if_finite(model, good, step)
             t_flush = time.perf_counter()
     return _result(s, history, best, step, seen, time.perf_counter() - t0, stopped, timeout)
+
+
+def _keep_if_finite(model: torch.nn.Module, good: dict[str, Any], step: int) -> None:
+    """Copy the weights into ``good`` (on their device) unless one of them is NaN or inf."""
+    state = model.state_dict()
+    floats = [t for t in state.values() if t.is_floating_point()]
+    if floats and not bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):
+        return
+    if good["state"] is None:
+        good["state"] = {k: v.detach().clone() for k, v in state.items()}
+    else:
+        for k, v in state.items():
+            good["state"][k].copy_(v)
+    good["step"] = step
+
+
+def _diverged(s: _Setup, history: list, best: dict, good: dict, bad: TrainEvent, seen: int,
+              seconds: float) -> TrainingDiverged:
+    """The error for a non-finite loss at ``bad.step``, with the last good weights' result."""
+    if good["state"] is not None:
+        s.model.load_state_dict(good["state"])
+    result = _result(s, history, best, good["step"], seen, seconds, True)
+    result.metadata["diverged_step"] = bad.step
+    kept = (f"kept the model of step {result.metadata['best_step']}" if good["step"]
+            else "no step before it was good")
+    return TrainingDiverged(
+        f"training diverged: the loss became {bad.loss} at step {bad.step}; {kept}. "
+        "Lower the learning rate, or check the image for extreme values", result)
 
 
 def _result(s: _Setup, history: list, best: dict, steps: int, seen: int, seconds: float,

@@ -9,9 +9,13 @@ share.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from . import demo, evaluate, gui, predict, train
 from ._common import CliError, Progress, one_line, parse_slices
@@ -39,20 +43,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    received: list[int] = []
+    with _signals_interrupt(received, args.command != "gui"):
+        return _run(args, received)
+
+
+def _run(args: argparse.Namespace, received: list[int]) -> int:
     try:
         return int(args.func(args) or 0)
     except (CliError, ValueError, TypeError, OSError) as e:
         print(f"napari-unetseg {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
-    except (MemoryError, RuntimeError) as e:  # CUDA OOM is a RuntimeError; others are bugs
-        text = str(e).lower()
-        if not isinstance(e, MemoryError) and "out of memory" not in text and (
-                "out of gpu memory" not in text):
-            raise
-        print(f"napari-unetseg {args.command}: error: out of memory ({one_line(e)[:200]}); "
+    except (MemoryError, RuntimeError) as e:  # torch says "out of memory" (CUDA) or
+        if not isinstance(e, MemoryError) and not _out_of_memory(str(e)):  # "can't allocate
+            raise  # memory" (CPU); any other RuntimeError is a bug
+        print(f"napari-unetseg {args.command}: error: out of memory ({one_line(e, 160)}); "
               "try a smaller --batch-size, --patch-size or --tile, or --device cpu",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"napari-unetseg {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = received[0] if received else signal.SIGINT
+        detail = getattr(e, "detail", "")
+        print(f"napari-unetseg {args.command}: interrupted ({signal.Signals(signum).name})"
+              + (f"; {detail}" if detail else ""), file=sys.stderr)
+        return 128 + signum
+
+
+def _out_of_memory(text: str) -> bool:
+    text = text.lower()
+    return any(s in text for s in ("out of memory", "out of gpu memory",
+                                   "can't allocate memory", "cannot allocate memory"))
+
+
+@contextlib.contextmanager
+def _signals_interrupt(received: list[int], install: bool) -> Iterator[None]:
+    """SIGTERM and SIGHUP end a command as Ctrl-C does: a KeyboardInterrupt that unwinds the
+    work, so temporary files are removed and no partial output is left. Later signals are
+    ignored while it unwinds."""
+    names = [s for s in ("SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    if not install or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        for name in names:
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    old = {name: signal.signal(getattr(signal, name), handler) for name in names}
+    try:
+        yield
+    finally:
+        for name, previous in old.items():
+            signal.signal(getattr(signal, name), previous)

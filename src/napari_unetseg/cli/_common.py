@@ -14,6 +14,13 @@ class CliError(Exception):
     """An error to report to the user as one line."""
 
 
+def interrupted(e: KeyboardInterrupt, detail: str) -> KeyboardInterrupt:
+    """``e`` (Ctrl-C, SIGTERM or SIGHUP) with what the command kept, for ``main``'s one line:
+    ``raise interrupted(e, "no model written")``."""
+    e.detail = detail  # type: ignore[attr-defined]
+    return e
+
+
 def parse_slices(text: str | None) -> slice | None:
     """``"0:25"`` -> slice(0, 25); ``"7"`` -> slice(7, 8); None -> None."""
     if text is None:
@@ -67,13 +74,13 @@ def read_image(path: str) -> np.ndarray:
     return read_tif(path)
 
 
-def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse an output path that cannot be written before any long work starts."""
-    from ..io import _check_writable_target
+def check_output(out: Path, overwrite: bool, inputs: tuple = ()) -> None:
+    """Refuse an output path that cannot be written before any long work starts: not a
+    regular file (a device, FIFO, link, folder), one of the ``inputs``, an existing file
+    without ``--overwrite``, a missing folder, no permission."""
+    from ..files import check_output as check
 
-    if out.exists() and not out.is_dir() and not overwrite:
-        raise CliError(f"{out} already exists; pass --overwrite to replace it")
-    _check_writable_target(out, overwrite=True)  # a folder, a missing folder, no permission
+    check(out, overwrite, [i for i in inputs if i], flag="--overwrite")
 
 
 def refuse_rgb(image: np.ndarray, channel_axis: int | None) -> None:
@@ -90,5 +97,8 @@ def summary(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: meta[k] for k in keys if k in meta}
 
 
-def one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+def one_line(e: BaseException, limit: int = 400) -> str:
+    """The message of ``e`` on one line, at most ``limit`` characters."""
+    from ..files import one_line as short
+
+    return short(e, limit)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from ._common import (
     CliError,
     Progress,
     check_output,
+    interrupted,
     parse_slices,
     read_image,
     refuse_rgb,
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.scheduler or str(args.output).rstrip("/\\").endswith(".zarr"):
         return _predict_zarr(args)
     out = Path(args.output)
-    check_output(out, args.overwrite)
+    check_output(out, args.overwrite, (args.model, args.image))
     saved = load_model(args.model)
     image = read_image(args.image)
     refuse_rgb(image, args.channel_axis)
@@ -127,11 +127,10 @@ def _predict_zarr(args: argparse.Namespace) -> int:
                     client, args.model, src, args.output, **kw), show)
         else:
             res = drain(blockwise.segment_volume(saved, src, args.output, **kw), show)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         bar.close()
-        print(f"interrupted after {done[0]} new block(s); run the same command again to "
-              "resume", file=sys.stderr)
-        return 130
+        raise interrupted(e, f"{done[0]} new block(s) written; run the same command again "
+                             "to resume") from None
     bar.close()
     print(json.dumps({"output": res.store, "shape": list(res.shape), "block": list(res.block),
                       "blocks": res.blocks, "computed": res.computed, "skipped": res.skipped,

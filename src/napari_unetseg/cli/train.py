@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from ._common import (
     CliError,
     Progress,
     check_output,
+    interrupted,
     parse_slices,
     read_image,
     summary,
@@ -23,11 +23,10 @@ from ._common import (
 
 def run(args: argparse.Namespace) -> int:
     from .. import ModelConfig, presets
-    from ..io import save_model
-    from ..training import TrainConfig, train
+    from ..training import TrainConfig, TrainingDiverged, train
 
     out = Path(args.output)
-    check_output(out, args.overwrite)
+    check_output(out, args.overwrite, (args.image, args.labels, args.resume))
     image, labels = read_image(args.image), read_image(args.labels)
     sl = parse_slices(args.slices)
     if sl is not None:
@@ -71,17 +70,35 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = drain(gen, show)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         bar.close()
         gen.close()
-        print("interrupted: no model written", file=sys.stderr)
-        return 130
+        raise interrupted(e, "no model written") from None
+    except TrainingDiverged as e:
+        bar.close()
+        raise CliError(_diverged(e, out, args)) from None
     bar.close()
-    save_model(out, result.model, normalization=result.normalization,
-               class_values=result.class_values, metadata=result.metadata,
-               overwrite=args.overwrite)
+    _save(out, result, args.overwrite)
     print(json.dumps({"model": str(out), **summary(result.metadata)}))
     return 0
+
+
+def _save(out: Path, result: Any, overwrite: bool) -> None:
+    from ..io import save_model
+
+    save_model(out, result.model, normalization=result.normalization,
+               class_values=result.class_values, metadata=result.metadata, overwrite=overwrite)
+
+
+def _diverged(e: Any, out: Path, args: argparse.Namespace) -> str:
+    """Write the last good model of a diverged run (if it trained at all); the error line."""
+    meta = e.result.metadata
+    text = f"training diverged: the loss became NaN or infinite at step {meta['diverged_step']}"
+    if not meta["steps"]:
+        return f"{text}; no model written. Lower --lr, or check the image for extreme values"
+    _save(out, e.result, args.overwrite)
+    return (f"{text}; the model of step {meta['best_step']} was written to {out}. Lower --lr, "
+            "or check the image for extreme values")
 
 
 def _count_classes(labels: np.ndarray, mode: str) -> int:
