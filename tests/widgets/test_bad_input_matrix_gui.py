@@ -285,3 +285,35 @@ def test_save_without_permission_or_space_keeps_the_old_file(make_napari_viewer,
     assert len(errors) == 1 and "No space left on device" in errors[0]
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [
         "model.unetseg"]
+
+
+def test_training_that_diverges_keeps_the_last_good_model(make_napari_viewer, notes, wait_job,
+                                                          tiny, monkeypatch):
+    """A NaN loss stops training with one notification; the model of the last good step
+    becomes the viewer's model (never NaN weights)."""
+    from napari_unetseg import training
+
+    real, calls = training._step, []
+
+    def step(s, *a, **k):
+        loss = real(s, *a, **k)
+        calls.append(1)
+        if len(calls) == 11:  # NaN weights after step 11: the loss of step 12 is NaN
+            with torch.no_grad():
+                next(s.model.parameters()).view(-1)[0] = float("nan")
+        return loss
+
+    monkeypatch.setattr(training, "_step", step)
+    viewer = make_napari_viewer()
+    viewer.add_image(_img((64, 64)), name="img")
+    viewer.add_labels(_lab((64, 64)), name="lab")
+    w = TrainWidget(viewer)
+    tiny(w, arch="U-Net", iterations=20, preview_every=0)
+    w.start()
+    wait_job(w)
+    errors = _errors(notes)
+    assert len(errors) == 1 and "training diverged: the loss became nan at step 12" in errors[0]
+    kept = store_for(viewer).saved
+    assert kept is w.saved and 1 <= kept.metadata["steps"] <= 11
+    assert all(torch.isfinite(t).all() for t in kept.model.state_dict().values()
+               if t.is_floating_point())

@@ -225,6 +225,9 @@ class TrainWidget(QWidget):
         self._set_running(False)
         self.feed.watch(None)
         if job.failed is not None:
+            kept = getattr(job.failed, "result", None)  # TrainingDiverged: the last good model
+            if kept is not None and kept.metadata.get("steps"):
+                self._on_result(kept)
             self.status.setText(f"failed: {job.failed}")
 
     # ------------------------------------------------------------------ files
