@@ -287,4 +287,4 @@ def test_cli_predict_to_zarr_resumes(tmp_path, volume, saved, capsys):
     ref = predict(saved.model, volume, normalization=NORM, config=CFG).labels
     np.testing.assert_array_equal(zarr.open_group(tmp_path / "out.zarr")["labels"][...], ref)
     assert main([*args[:-1], "1,2"]) == 2
-    assert "block must be three ints" in capsys.readouterr().err
+    assert "--block must be three integers" in capsys.readouterr().err

@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_BLOCK",
     "BlockEvent",
     "VolumeResult",
+    "check_store",
     "load_counts",
     "predict_volume",
     "segment_volume",
@@ -303,7 +304,7 @@ def _write(group: Any, idx: tuple, bounds: list, labels: np.ndarray, probs: Any)
     group["done"][idx] = 1
 
 
-def _check_store(store: Any, source: Any) -> None:
+def check_store(store: Any, source: Any) -> None:
     """A local output path must be a zarr store, an empty folder or a new path in an existing
     folder, and not the input: checked before anything is created."""
     if not isinstance(store, (str, os.PathLike)) or "://" in str(store):
@@ -332,7 +333,7 @@ def _check_store(store: Any, source: Any) -> None:
 
 def _setup(model: Any, source: Any, store: Any, block: Any, config: Any, probabilities: bool,
            resume: bool) -> tuple:
-    _check_store(store, source)
+    check_store(store, source)
     image = _open_input(source)
     if block is not None:
         _block_shape(block, tuple(image.shape))  # before anything is loaded or created

@@ -10,6 +10,8 @@ if TYPE_CHECKING:
 
 PLUGIN = "napari-unetseg"
 DEFAULT_WIDGETS = ("Train", "Segment")
+#: The widgets' display names, as in the manifest (napari.yaml).
+WIDGETS = ("Train", "Segment", "Weight map preview", "UNet++ levels")
 
 
 def launch(

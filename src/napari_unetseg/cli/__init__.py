@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import demo, evaluate, gui, predict, train
-from ._common import CliError, Progress, one_line, parse_slices
+from ._common import CliError, Progress, cli_wording, one_line, parse_slices
 from .evaluate import evaluate_arrays
 from .predict import run_prediction
 
@@ -41,18 +41,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_negative_values(sys.argv[1:] if argv is None else list(argv)))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     received: list[int] = []
     with _signals_interrupt(received, args.command != "gui"):
         return _run(args, received)
 
 
+def _negative_values(argv: list[str]) -> list[str]:
+    """``--slices -5:`` as ``--slices=-5:``: argparse takes a value starting with '-' (other
+    than a plain negative number) for an option, and slices count from the end like Python."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if i and argv[i - 1] == "--slices" and arg.startswith("-") and out:
+            out[-1] = f"--slices={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def _run(args: argparse.Namespace, received: list[int]) -> int:
     try:
         return int(args.func(args) or 0)
     except (CliError, ValueError, TypeError, OSError) as e:
-        print(f"napari-unetseg {args.command}: error: {one_line(e)}", file=sys.stderr)
+        print(f"napari-unetseg {args.command}: error: {cli_wording(one_line(e))}",
+              file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:  # torch says "out of memory" (CUDA) or
         if not isinstance(e, MemoryError) and not _out_of_memory(str(e)):  # "can't allocate

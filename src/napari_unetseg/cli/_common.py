@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,6 +36,66 @@ def parse_slices(text: str | None) -> slice | None:
         return slice(i, i + 1)
     except ValueError:
         raise CliError(f"--slices must look like 0:25 or 7, got {text!r}") from None
+
+
+def select_slices(text: str | None, n: int) -> slice | None:
+    """``--slices`` for a stack of ``n`` slices, as Python indexes it (``-1`` is the last,
+    ``-5:`` the last five, ``::2`` every other one), as a slice with non-negative bounds.
+
+    Raises CliError for an index or bound beyond the stack (Python would clamp it silently),
+    a step of 0, a reversed range and a range that selects nothing.
+    """
+    sl = parse_slices(text)
+    if sl is None:
+        return None
+    if ":" not in text:
+        if not -n <= sl.start < n:
+            raise CliError(f"--slices {text} is out of range for a stack of {n} slices "
+                           f"(0..{n - 1}, or -{n}..-1 from the end)")
+        i = sl.start % n
+        return slice(i, i + 1)
+    if sl.step == 0:
+        raise CliError("--slices step must not be 0")
+    if any(v is not None and not -n <= v <= n for v in (sl.start, sl.stop)):
+        raise CliError(f"--slices {text} is out of range for a stack of {n} slices "
+                       f"(bounds -{n}..{n})")
+    r = range(n)[sl]
+    if not r:
+        a, b = (range(n)[slice(v, v + 1 if v != -1 else None)].start if v is not None else None
+                for v in (sl.start, sl.stop))
+        if (sl.step or 1) > 0 and a is not None and b is not None and a > b:
+            raise CliError(f"--slices {text} is a reversed range (did you mean {b}:{a}?)")
+        raise CliError(f"--slices {text} selects no slice of a stack of {n}")
+    return slice(r.start, r.stop if r.stop >= 0 else None, r.step)
+
+
+def check_channel_axis(shape: tuple[int, ...], axis: int | None) -> None:
+    """``--channel-axis`` must name an axis of the image, as Python indexes it."""
+    if axis is not None and not -len(shape) <= axis < len(shape):
+        raise CliError(f"--channel-axis {axis} is out of range for an image of shape "
+                       f"{tuple(shape)} (0..{len(shape) - 1}, or -1 for the last)")
+
+
+#: How the core's messages name an API argument, and the CLI flag that sets it.
+_WORDING = [
+    (re.compile(r"pass overwrite=True"), "pass --overwrite"),
+    (re.compile(r"pass resume=False"), "pass --overwrite"),
+    (re.compile(r"pass block=None"), "leave out --block"),
+    (re.compile(r"\bchannel_axis=(-?\d+|None)"), r"--channel-axis \1"),
+    (re.compile(r"pass channel_axis\b"), "pass --channel-axis"),
+    (re.compile(r"labels_mode='(\w+)'"), r"--labels-mode \1"),
+    (re.compile(r"\bpatch_size\b"), "--patch-size"),
+    (re.compile(r"\bbatch_size\b"), "--batch-size"),
+    (re.compile(r"device='(\w+)'"), r"--device \1"),
+    (re.compile(r"^(tile|halo|overlap|level) must be"), r"--\1 must be"),
+]
+
+
+def cli_wording(text: str) -> str:
+    """A core message with API argument names replaced by the CLI flags that set them."""
+    for pattern, repl in _WORDING:
+        text = pattern.sub(repl, text)
+    return text
 
 
 class Progress:
@@ -81,6 +142,14 @@ def check_output(out: Path, overwrite: bool, inputs: tuple = ()) -> None:
     from ..files import check_output as check
 
     check(out, overwrite, [i for i in inputs if i], flag="--overwrite")
+
+
+def check_output_store(store: str, source: str) -> None:
+    """A zarr output path: a zarr store, an empty folder or a new path in an existing folder,
+    and not the input (see :func:`napari_unetseg.blockwise.check_store`)."""
+    from ..blockwise import check_store
+
+    check_store(store, source)
 
 
 def refuse_rgb(image: np.ndarray, channel_axis: int | None) -> None:

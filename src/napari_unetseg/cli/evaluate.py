@@ -10,8 +10,8 @@ import numpy as np
 
 from ._common import (
     CliError,
-    parse_slices,
     read_image,
+    select_slices,
 )
 
 
@@ -47,10 +47,13 @@ def evaluate_arrays(pred: np.ndarray, gt: np.ndarray, boundary_value: int = 0) -
 
 def run(args: argparse.Namespace) -> int:
     pred, gt = read_image(args.prediction), read_image(args.ground_truth)
-    sl = parse_slices(args.slices)
-    if sl is not None:
+    if args.slices is not None:
+        if gt.ndim < 3:
+            raise CliError("--slices needs a stack (Z, Y, X); these images are 2-D")
+        n = gt.shape[0]
+        sl = select_slices(args.slices, n)
         gt = gt[sl]
-        if pred.shape[0] != gt.shape[0]:
+        if pred.shape[0] == n:  # else the prediction holds only the selected slices
             pred = pred[sl]
     print(json.dumps(evaluate_arrays(pred, gt, args.boundary_value), indent=1))
     return 0

@@ -13,11 +13,13 @@ from ..devices import drain
 from ._common import (
     CliError,
     Progress,
+    check_channel_axis,
     check_output,
+    check_output_store,
     interrupted,
-    parse_slices,
     read_image,
     refuse_rgb,
+    select_slices,
 )
 
 
@@ -31,15 +33,19 @@ def run_prediction(saved, image: np.ndarray, cfg, show=None, channel_axis: int |
 
 
 def _inference_config(args: argparse.Namespace, saved: Any) -> Any:
-    """The InferenceConfig of ``predict``'s options (the level only for a UNet++)."""
+    """The InferenceConfig of ``predict``'s options, checked against the model."""
     from ..inference import InferenceConfig
 
+    cfg = saved.config
     level = args.level
+    if level is not None and cfg.arch != "unetpp":
+        raise CliError(f"--level applies to UNet++ models; this model is a {cfg.arch}")
     if level not in (None, "accurate"):
-        if not level.isdigit():
-            raise CliError(f"--level must be 'accurate' or 1..depth, got {level!r}")
+        if not level.isdigit() or not 1 <= int(level) <= cfg.depth:
+            raise CliError(f"--level must be 'accurate' or 1..{cfg.depth}, got {level!r}")
         level = int(level)
-    level = None if saved.config.arch != "unetpp" else (level or "accurate")
+    if cfg.arch == "unetpp" and level is None:
+        level = "accurate"
     tiling = {}
     for name, kind in (("tile", int), ("halo", int), ("overlap", float)):
         value = getattr(args, name)
@@ -50,22 +56,60 @@ def _inference_config(args: argparse.Namespace, saved: Any) -> Any:
     return InferenceConfig(device=args.device, tta=args.tta, level=level, **tiling)
 
 
+def _check_kind(args: argparse.Namespace, zarr: bool) -> None:
+    """Options that only some output kinds use are refused with the others, not ignored."""
+    kind = args.output_kind
+    if zarr:
+        for flag, given in (("--slices", args.slices), ("--channel-axis", args.channel_axis),
+                            ("--class", args.class_index),
+                            ("--output instances", kind == "instances"),
+                            ("--split-touching", args.split_touching)):
+            if given is not None and given is not False:
+                raise CliError(f"{flag} applies to a TIFF output, not to {args.output}")
+        return
+    if args.block or args.scheduler:
+        raise CliError(f"--{'block' if args.block else 'scheduler'} applies to a zarr output "
+                       f"(-o OUT.zarr), not to {args.output}")
+    if args.class_index is not None and kind == "labels":
+        raise CliError("--class applies to --output probabilities or instances, not labels")
+    if args.split_touching and kind != "instances":
+        raise CliError(f"--split-touching applies to --output instances, not {kind}")
+
+
+def _check_channels(shape: tuple, axis: int | None, expected: int) -> None:
+    have = 1 if axis is None else shape[axis]
+    if have != expected:
+        where = "" if axis is None else f" along --channel-axis {axis}"
+        hint = "; pass --channel-axis" if axis is None else ""
+        raise CliError(f"the image has {have} channel(s){where} but the model expects "
+                       f"in_channels={expected}{hint}")
+
+
+def _check_class(args: argparse.Namespace, saved: Any) -> None:
+    k = args.class_index
+    if k is not None and not 0 <= k < saved.config.classes:
+        raise CliError(f"--class must be in 0..{saved.config.classes - 1}, got {k}")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..io import load_model, write_tif
 
-    if args.scheduler or str(args.output).rstrip("/\\").endswith(".zarr"):
+    if args.scheduler or _is_zarr(args.output):
         return _predict_zarr(args)
+    _check_kind(args, zarr=False)
     out = Path(args.output)
     check_output(out, args.overwrite, (args.model, args.image))
     saved = load_model(args.model)
-    image = read_image(args.image)
-    refuse_rgb(image, args.channel_axis)
-    sl = parse_slices(args.slices)
-    if sl is not None:
-        if image.ndim < 3:
-            raise CliError("--slices needs a stack (Z, Y, X) image")
-        image = image[sl]
     cfg = _inference_config(args, saved)
+    _check_class(args, saved)
+    image = read_image(args.image)
+    check_channel_axis(image.shape, args.channel_axis)
+    refuse_rgb(image, args.channel_axis)
+    _check_channels(image.shape, args.channel_axis, saved.config.in_channels)
+    if args.slices is not None:
+        if image.ndim - (args.channel_axis is not None) < 3:
+            raise CliError(f"--slices needs a stack (Z, Y, X); {args.image} is 2-D")
+        image = image[select_slices(args.slices, image.shape[0])]
     bar = Progress("predict")
     res = run_prediction(saved, image, cfg,
                          lambda ev: bar.update(ev.done, ev.total, f"slice {ev.slice_index}"),
@@ -80,14 +124,30 @@ def run(args: argparse.Namespace) -> int:
     else:
         data = np.asarray(res.probabilities, dtype=np.float32)
         if args.class_index is not None:
-            k = args.class_index
-            if not 0 <= k < saved.config.classes:
-                raise CliError(f"--class must be in 0..{saved.config.classes - 1}, got {k}")
-            data = data[..., k, :, :]
-    write_tif(out, data, overwrite=args.overwrite)
+            data = data[..., args.class_index, :, :]
+    try:
+        write_tif(out, data, overwrite=args.overwrite)
+    except KeyboardInterrupt as e:  # the temporary file is gone, an old file untouched
+        raise interrupted(e, "no output written") from None
     print(json.dumps({"output": str(out), "shape": list(data.shape), "dtype": str(data.dtype),
                       "seconds": round(float(res.seconds), 3)}))
     return 0
+
+
+def _is_zarr(path: str) -> bool:
+    return str(path).rstrip("/\\").endswith(".zarr")
+
+
+def _parse_block(text: str | None) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    try:
+        block = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        block = ()
+    if len(block) != 3 or min(block) < 1:
+        raise CliError(f"--block must be three integers >= 1 (Z,Y,X), got {text!r}")
+    return block
 
 
 def _predict_zarr(args: argparse.Namespace) -> int:
@@ -95,17 +155,14 @@ def _predict_zarr(args: argparse.Namespace) -> int:
     from .. import blockwise
     from ..io import load_model
 
-    if not str(args.output).rstrip("/\\").endswith(".zarr"):
+    if not _is_zarr(args.output):
         raise CliError(f"--scheduler needs a zarr output (-o OUT.zarr), got {args.output}")
-    if args.slices or args.output_kind == "instances" or args.channel_axis is not None:
-        raise CliError("--slices, --channel-axis and --output instances need a TIFF output")
-    try:
-        block = tuple(int(b) for b in args.block.split(",")) if args.block else None
-    except ValueError:
-        raise CliError(f"--block must look like 2,2048,2048, got {args.block!r}") from None
+    _check_kind(args, zarr=True)
+    block = _parse_block(args.block)
+    check_output_store(args.output, args.image)
     saved = load_model(args.model)
     cfg = _inference_config(args, saved)
-    src = args.image if args.image.rstrip("/\\").endswith(".zarr") else read_image(args.image)
+    src = args.image if _is_zarr(args.image) else read_image(args.image)
     if isinstance(src, np.ndarray) and src.ndim == 2:
         src = src[None]
     kw = {"block": block, "config": cfg, "resume": not args.overwrite,
@@ -143,8 +200,6 @@ def _instances(probabilities: Any, saved, args: argparse.Namespace) -> np.ndarra
     from ..postprocess import instances_from_probs
 
     k = saved.config.classes - 1 if args.class_index is None else args.class_index
-    if not 0 <= k < saved.config.classes:
-        raise CliError(f"--class must be in 0..{saved.config.classes - 1}, got {k}")
     probs = np.asarray(probabilities, dtype=np.float32)
     fg = probs[:, k] if probs.ndim == 4 else probs[k]
     if fg.ndim == 2:

@@ -13,10 +13,11 @@ from ..devices import drain
 from ._common import (
     CliError,
     Progress,
+    check_channel_axis,
     check_output,
     interrupted,
-    parse_slices,
     read_image,
+    select_slices,
     summary,
 )
 
@@ -27,18 +28,20 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     check_output(out, args.overwrite, (args.image, args.labels, args.resume))
-    image, labels = read_image(args.image), read_image(args.labels)
-    sl = parse_slices(args.slices)
-    if sl is not None:
-        if image.ndim < 3 or labels.ndim < 3:
-            raise CliError("--slices needs a stack (Z, Y, X) image and labels")
-        image, labels = image[sl], labels[sl]
     resume = None
     if args.resume:
         from ..io import load_model
 
         resume = load_model(args.resume)
         model_cfg = resume.config
+        _check_resume(args, model_cfg)
+    image, labels = read_image(args.image), read_image(args.labels)
+    check_channel_axis(image.shape, args.channel_axis)
+    if args.slices is not None:
+        if image.ndim - (args.channel_axis is not None) < 3 or labels.ndim < 3:
+            raise CliError("--slices needs a stack (Z, Y, X) image and labels")
+        sl = select_slices(args.slices, image.shape[0])
+        image, labels = image[sl], labels[sl]
     model_kw, train_kw = presets.split(presets.preset(args.preset))
     for key in ("depth", "width"):
         if getattr(args, key) is not None:
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
             train_kw[key] = getattr(args, key)
     if not args.resume:
         model_cfg = ModelConfig(
-            arch=args.arch, classes=args.classes or _count_classes(labels, args.labels_mode),
+            arch=args.arch or "unet",
+            classes=args.classes or _count_classes(labels, args.labels_mode),
             in_channels=1 if args.channel_axis is None else image.shape[args.channel_axis],
             **model_kw,
         )
@@ -83,11 +87,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_resume(args: argparse.Namespace, cfg: Any) -> None:
+    """Architecture options given with --resume must be the resumed model's (not ignored)."""
+    for flag, given, has in (("--arch", args.arch, cfg.arch), ("--depth", args.depth, cfg.depth),
+                             ("--width", args.width, cfg.width),
+                             ("--classes", args.classes, cfg.classes)):
+        if given is not None and given != has:
+            raise CliError(f"{flag} {given} differs from the --resume model ({has}); leave it "
+                           "out to continue that model, or train a new one without --resume")
+
+
 def _save(out: Path, result: Any, overwrite: bool) -> None:
     from ..io import save_model
 
-    save_model(out, result.model, normalization=result.normalization,
-               class_values=result.class_values, metadata=result.metadata, overwrite=overwrite)
+    try:
+        save_model(out, result.model, normalization=result.normalization,
+                   class_values=result.class_values, metadata=result.metadata,
+                   overwrite=overwrite)
+    except KeyboardInterrupt as e:  # the temporary file is gone, an old file untouched
+        raise interrupted(e, "no model written") from None
 
 
 def _diverged(e: Any, out: Path, args: argparse.Namespace) -> str:
@@ -115,7 +133,8 @@ def add_parser(sub: Any) -> None:
     t.add_argument("image")
     t.add_argument("labels")
     t.add_argument("-o", "--output", required=True, help="model file to write (.unetseg)")
-    t.add_argument("--arch", default="unet", choices=["unet", "unetpp", "resunet"])
+    t.add_argument("--arch", default=None, choices=["unet", "unetpp", "resunet"],
+                   help="default: unet (or the --resume model's)")
     t.add_argument("--labels-mode", default="dense", choices=["sparse", "dense", "instances"])
     t.add_argument("--slices", help="slices of the stack to train on, e.g. 0:25")
     t.add_argument("--preset", default="fast", choices=["fast", "paper"],
