@@ -345,3 +345,30 @@ def test_signals_stop_a_training_run_without_leaving_files(d, tmp_path, signum):
     assert err.strip().splitlines()[-1] == (f"napari-unetseg train: interrupted ({name}); no "
                                             "model written")
     assert "Traceback" not in err and _listing(tmp_path) == []
+
+
+@pytest.mark.parametrize(("argv", "pattern"), [
+    (["train", "{d}/img.tif", "{d}/lab.tif", "-o", "{d}/m.unetseg", "--iterations", "0"],
+     "--iterations must be in [1, 10000000], got 0"),
+    (["train", "{d}/img.tif", "{d}/lab.tif", "-o", "{d}/m.unetseg", "--batch-size", "0"],
+     "--batch-size must be in"),
+    (["train", "{d}/img.tif", "{d}/lab.tif", "-o", "{d}/m.unetseg", "--depth", "99"],
+     "depth must be"),
+    (["train", "{d}/img.tif", "{d}/lab.tif", "-o", "{d}/m.unetseg", "--lr", "nan"],
+     "--lr must be in"),
+    (["predict", "{d}/unet.unetseg", "{d}/img.tif", "-o", "{d}/o.tif", "--tile", "4"],
+     "--tile must be 'auto' or an int >= 8"),
+    (["predict", "{d}/unet.unetseg", "{d}/img.tif", "-o", "{d}/o.tif", "--overlap", "2"],
+     "--overlap must be 'auto' or a fraction in [0, 1)"),
+    (["predict", "{d}/unetpp.unetseg", "{d}/img.tif", "-o", "{d}/o.tif", "--level", "9"],
+     "--level must be 'accurate' or 1..2"),
+    (["predict", "{d}/unet.unetseg", "{d}/img.tif", "-o", "{d}/o.tif", "--output",
+      "probabilities", "--class", "7"], "--class must be in 0..1, got 7"),
+])
+def test_options_are_checked_before_any_image_is_read(d, capsys, monkeypatch, argv, pattern):
+    from napari_unetseg.cli import predict as cli_predict
+    from napari_unetseg.cli import train as cli_train
+
+    for module in (cli_predict, cli_train):
+        monkeypatch.setattr(module, "read_image", lambda p: pytest.fail(f"read {p}"))
+    _refused(capsys, [a.format(d=d) for a in argv], pattern)

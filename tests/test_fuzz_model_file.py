@@ -314,3 +314,65 @@ def _write(work: dict, blob: bytes) -> Path:
     path = work["dir"] / "named.unetseg"
     path.write_bytes(blob)
     return path
+
+
+# ---------------------------------------------------------------------------- numbers
+
+_VALUES = st.sampled_from([np.nan, np.inf, -np.inf, 3e38, -3e38, 1e37, -1e37, 1e39, 1e300,
+                           -1.0, 0.0, 1e-45, 1e-300, 5e3])
+
+
+def _predicts(saved) -> str:
+    """Run the loaded model through the prediction: 'refused' (ValueError) or 'finite'; a
+    NaN or infinite probability (all class 0 once argmaxed) fails."""
+    from napari_unetseg.inference import InferenceConfig, predict
+
+    image = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
+    try:
+        res = predict(saved.model, image, normalization=saved.normalization,
+                      config=InferenceConfig(tile=8, device="cpu", batch_size=2))
+    except ValueError as e:
+        assert "NaN or infinite" in str(e) or "overflow" in str(e), str(e)
+        return "refused at prediction"
+    assert np.isfinite(res.probabilities).all(), "NaN/inf probabilities returned silently"
+    return "finite"
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(which=st.integers(0, 999), where=st.floats(0, 1), value=_VALUES,
+       float64=st.booleans(), count=st.integers(1, 4))
+def test_extreme_numbers_in_weights_are_refused_or_predict_finite(work, which, where, value,
+                                                                  float64, count):
+    members = list(work["members"])
+    i = 1 + which % len(_tensor_names(work))
+    name, data = members[i]
+    arr = np.load(io.BytesIO(data))
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return
+    arr = arr.astype(np.float64 if float64 else np.float32)
+    flat = arr.reshape(-1)
+    start = min(int(where * flat.size), flat.size - 1)
+    with np.errstate(over="ignore"):
+        flat[start : start + count] = value
+    members[i] = (name, _npy(arr))
+    path = _write(work, _zip(members))
+    try:
+        saved = load_model(path)
+    except ModelFileError as e:
+        assert "NaN or infinite" in str(e) or "overflow" in str(e) or "negative" in str(e)
+        event("refused at load")
+        return
+    event(_predicts(saved))
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(low=_VALUES, high=_VALUES)
+def test_extreme_normalisation_records_are_refused_or_predict_finite(work, low, high):
+    header = _header(work)
+    header["normalization"].update(low=low, high=high)
+    try:
+        saved = load_model(_write(work, _with_header(work, header)))
+    except ModelFileError:
+        event("refused at load")
+        return
+    event(_predicts(saved))

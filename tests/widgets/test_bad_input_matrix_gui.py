@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import pickle
+import stat
 import zipfile
 
 import numpy as np
@@ -317,3 +318,104 @@ def test_training_that_diverges_keeps_the_last_good_model(make_napari_viewer, no
     assert kept is w.saved and 1 <= kept.metadata["steps"] <= 11
     assert all(torch.isfinite(t).all() for t in kept.model.state_dict().values()
                if t.is_floating_point())
+
+
+# ---------------------------------------------------------------------------- hostile files
+
+
+def test_save_gives_normal_file_modes(make_napari_viewer, notes, tmp_path, monkeypatch):
+    """A new model file gets the umask's mode (every file was 0600 before); a replaced file
+    keeps its own."""
+    w = TrainWidget(make_napari_viewer())
+    w.saved = _saved()
+    target = tmp_path / "model.unetseg"
+    monkeypatch.setattr(_files, "ask_save_path", lambda parent: str(target))
+    monkeypatch.setattr(_files, "confirm_overwrite", lambda parent, path: True)
+    old = os.umask(0o002)
+    try:
+        assert w.save_model() == target
+        assert stat.S_IMODE(target.stat().st_mode) == 0o664
+        os.chmod(target, 0o640)
+        assert w.save_model() == target
+        assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+    assert not notes
+
+
+def test_special_files_are_one_notification(make_napari_viewer, notes, tmp_path, monkeypatch):
+    """Save over a FIFO or a link, load a FIFO or a link to /dev/zero: one notification each,
+    nothing blocks, reads forever or replaces the special file."""
+    fifo = tmp_path / "fifo.unetseg"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.unetseg"
+    zero.symlink_to("/dev/zero")
+    real = tmp_path / "real.unetseg"
+    real.write_bytes(b"keep")
+    link = tmp_path / "link.unetseg"
+    link.symlink_to(real)
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    w.saved = _saved()
+    monkeypatch.setattr(_files, "confirm_overwrite", lambda parent, path: True)
+    for path, expected in [(fifo, "is a FIFO (named pipe), not a regular file"),
+                           (link, "is a symbolic link (to")]:
+        notes.clear()
+        monkeypatch.setattr(_files, "ask_save_path", lambda parent, p=path: str(p))
+        assert w.save_model() is None
+        errors = _errors(notes)
+        assert len(errors) == 1 and expected in errors[0], errors
+    for path, expected in [(fifo, "is a FIFO"), (zero, "is a character device")]:
+        notes.clear()
+        monkeypatch.setattr(_files, "ask_open_path", lambda parent, p=path: str(p))
+        assert w.load_model() is None
+        errors = _errors(notes)
+        assert len(errors) == 1 and errors[0].startswith("Load model: ") and expected in errors[
+            0], errors
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and link.is_symlink()
+    assert real.read_bytes() == b"keep"
+
+
+def _overflowing(saved: SavedModel) -> SavedModel:
+    with torch.no_grad():
+        for p in saved.model.parameters():
+            if p.ndim == 4:
+                p.fill_(1e37)  # finite, but the network's sums overflow
+    return saved
+
+
+NUMBER_CASES = [  # id, image, model, expected message
+    ("image 1e36 x a model scale of 1000", np.full((32, 32), 1e36, np.float32),
+     lambda: SavedModel(_saved().model, MC, Normalization(0.0, 1e-3), [1, 2]),
+     "slice 0 values 1e+36..1e+36 overflow float32 once normalised"),
+    ("float64 image of 1e300", np.full((32, 32), 1e300), _saved, "overflow float32"),
+    ("weights of 1e37", _img((32, 32)), lambda: _overflowing(_saved()),
+     "the model gave NaN or infinite values on slice 0"),
+]
+
+
+def test_segment_refuses_numbers_that_overflow(make_napari_viewer, notes, wait_job):
+    """Never an all-NaN probability layer or an all-class-0 segmentation: one notification,
+    no layer."""
+    viewer = make_napari_viewer()
+    for case, image, model, expected in NUMBER_CASES:
+        viewer.layers.clear()
+        notes.clear()
+        viewer.add_image(image, name="img")
+        store_for(viewer).set_model(model(), "test")
+        w = SegmentWidget(viewer)
+        w.device.setCurrentText("cpu")
+        _expect_one_error(w, notes, wait_job, expected, case)
+        assert [layer.name for layer in viewer.layers] == ["img"], case
+
+
+def test_train_refuses_an_image_float32_cannot_normalise(make_napari_viewer, notes, wait_job,
+                                                         tiny):
+    viewer = make_napari_viewer()
+    image = np.where(_lab((32, 32)) == 1, -3e38, 3e38).astype(np.float32)
+    viewer.add_image(image, name="img")
+    viewer.add_labels(_lab((32, 32)), name="lab")
+    w = TrainWidget(viewer)
+    tiny(w, arch="U-Net", iterations=2, preview_every=0)
+    _expect_one_error(w, notes, wait_job, "cannot be normalised", "3e38")
+    assert w.saved is None and store_for(viewer).saved is None

@@ -45,7 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     received: list[int] = []
     with _signals_interrupt(received, args.command != "gui"):
-        return _run(args, received)
+        return _run(args, received, _flags(parser, args.command))
+
+
+def _flags(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """argparse dest -> option string of ``command`` (``batch_size`` -> ``--batch-size``)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a.option_strings[-1] for a in sub.choices[command]._actions
+            if a.option_strings and a.dest != "help"}
 
 
 def _negative_values(argv: list[str]) -> list[str]:
@@ -60,11 +67,11 @@ def _negative_values(argv: list[str]) -> list[str]:
     return out
 
 
-def _run(args: argparse.Namespace, received: list[int]) -> int:
+def _run(args: argparse.Namespace, received: list[int], flags: dict[str, str]) -> int:
     try:
         return int(args.func(args) or 0)
     except (CliError, ValueError, TypeError, OSError) as e:
-        print(f"napari-unetseg {args.command}: error: {cli_wording(one_line(e))}",
+        print(f"napari-unetseg {args.command}: error: {cli_wording(one_line(e), flags)}",
               file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:  # torch says "out of memory" (CUDA) or

@@ -81,20 +81,22 @@ _WORDING = [
     (re.compile(r"pass overwrite=True"), "pass --overwrite"),
     (re.compile(r"pass resume=False"), "pass --overwrite"),
     (re.compile(r"pass block=None"), "leave out --block"),
-    (re.compile(r"\bchannel_axis=(-?\d+|None)"), r"--channel-axis \1"),
     (re.compile(r"pass channel_axis\b"), "pass --channel-axis"),
     (re.compile(r"labels_mode='(\w+)'"), r"--labels-mode \1"),
-    (re.compile(r"\bpatch_size\b"), "--patch-size"),
-    (re.compile(r"\bbatch_size\b"), "--batch-size"),
     (re.compile(r"device='(\w+)'"), r"--device \1"),
-    (re.compile(r"^(tile|halo|overlap|level) must be"), r"--\1 must be"),
 ]
+_ARGUMENT = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)(=| must\b)")
 
 
-def cli_wording(text: str) -> str:
-    """A core message with API argument names replaced by the CLI flags that set them."""
+def cli_wording(text: str, flags: dict[str, str] | None = None) -> str:
+    """A core message with API argument names replaced by the CLI flags that set them:
+    fixed phrases, then ``name must ...`` / ``name=value`` for every ``name`` in ``flags``
+    (argparse dest -> option string, e.g. ``{"batch_size": "--batch-size"}``)."""
     for pattern, repl in _WORDING:
         text = pattern.sub(repl, text)
+    if flags:
+        text = _ARGUMENT.sub(lambda m: (flags[m[1]] + (" " if m[2] == "=" else m[2]))
+                             if m[1] in flags else m[0], text)
     return text
 
 

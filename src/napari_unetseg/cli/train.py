@@ -28,6 +28,19 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     check_output(out, args.overwrite, (args.image, args.labels, args.resume))
+    model_kw, train_kw = presets.split(presets.preset(args.preset))
+    for key in ("depth", "width"):
+        if getattr(args, key) is not None:
+            model_kw[key] = getattr(args, key)
+    for key in ("iterations", "batch_size", "patch_size"):
+        if getattr(args, key) is not None:
+            train_kw[key] = getattr(args, key)
+    train_cfg = TrainConfig(
+        lr=args.lr, loss=args.loss, device=args.device, seed=args.seed, **train_kw,
+        **({"optimizer": args.optimizer} if args.optimizer else {}),
+    )
+    if not args.resume:  # the architecture options, checked before any file is read
+        ModelConfig(arch=args.arch or "unet", classes=args.classes or 2, **model_kw)
     resume = None
     if args.resume:
         from ..io import load_model
@@ -42,13 +55,6 @@ def run(args: argparse.Namespace) -> int:
             raise CliError("--slices needs a stack (Z, Y, X) image and labels")
         sl = select_slices(args.slices, image.shape[0])
         image, labels = image[sl], labels[sl]
-    model_kw, train_kw = presets.split(presets.preset(args.preset))
-    for key in ("depth", "width"):
-        if getattr(args, key) is not None:
-            model_kw[key] = getattr(args, key)
-    for key in ("iterations", "batch_size", "patch_size"):
-        if getattr(args, key) is not None:
-            train_kw[key] = getattr(args, key)
     if not args.resume:
         model_cfg = ModelConfig(
             arch=args.arch or "unet",
@@ -56,10 +62,6 @@ def run(args: argparse.Namespace) -> int:
             in_channels=1 if args.channel_axis is None else image.shape[args.channel_axis],
             **model_kw,
         )
-    train_cfg = TrainConfig(
-        lr=args.lr, loss=args.loss, device=args.device, seed=args.seed, **train_kw,
-        **({"optimizer": args.optimizer} if args.optimizer else {}),
-    )
     bar = Progress("train")
     gen = train(image, labels, model_cfg, train_cfg, labels_mode=args.labels_mode,
                 channel_axis=args.channel_axis, resume=resume)
