@@ -1,7 +1,10 @@
 """Regenerate the user-guide screenshots in docs/images/ from a real napari window.
 
-Runs the user story on the bundled EM sample: paint sparse labels, Train (UNet++, CPU), Segment
-the stack, preview the weight map of touching cells, and compare UNet++ levels.
+Runs the user story on the bundled EM sample in the window ``napari-unetseg gui`` opens (the
+screen's size, the four widgets in one tabbed dock): paint sparse labels, Train (UNet++, CPU)
+with the Advanced section open, Segment the stack, preview the weight map of touching cells,
+and compare UNet++ levels. Every scene is taken with all four widgets docked, on a
+1600 x 1000 screen, and the script fails if a widget's main button is hidden.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
 
@@ -18,6 +21,10 @@ import numpy as np
 from skimage import measure
 
 OUT = Path(__file__).resolve().parent / "images"
+WIDGETS = ("Train", "Segment", "Weight map preview", "UNet++ levels")
+#: The button of each widget that must be fully on screen in its scene.
+PRIMARY = {"Train": "Train", "Segment": "Segment", "Weight map preview": "Whole stack",
+           "UNet++ levels": "Measure all levels"}
 
 
 def pump(seconds: float = 0.3) -> None:
@@ -41,10 +48,37 @@ def wait(widget, timeout: float = 1800.0) -> None:
     pump(0.5)
 
 
-def shot(viewer, name: str) -> None:
+def show_tab(widget) -> None:
+    from napari_unetseg._widgets._layout import dock_of
+
+    dock_of(widget).raise_()
+    pump(0.5)
+
+
+def check_visible(name: str, widget) -> None:
+    """Exit if the widget's main button is not entirely inside the visible part of its dock
+    and of the window (the scene would hide what the guide talks about)."""
+    from qtpy.QtCore import QRect
+    from qtpy.QtWidgets import QPushButton
+
+    from napari_unetseg._widgets._layout import dock_of, scroll_area
+
+    window = widget.window()
+
+    def rect(w) -> QRect:
+        return QRect(w.mapTo(window, w.rect().topLeft()), w.size())
+
+    button = next(b for b in widget.findChildren(QPushButton) if b.text() == PRIMARY[name])
+    inside = rect(scroll_area(widget).viewport()) & rect(dock_of(widget)) & window.rect()
+    if not (dock_of(widget).isVisible() and inside.contains(rect(button))):
+        sys.exit(f"{name}: button {PRIMARY[name]!r} is hidden: {rect(button)} not in {inside}")
+
+
+def shot(viewer, name: str, widget_name: str, widget) -> None:
     from skimage.io import imsave
 
     pump(0.5)
+    check_visible(widget_name, widget)
     img = viewer.screenshot(canvas_only=False, flash=False)
     imsave(OUT / name, img, check_contrast=False)
     print("wrote", OUT / name, img.shape)
@@ -53,66 +87,64 @@ def shot(viewer, name: str) -> None:
 def main() -> None:
     import napari
 
-    from napari_unetseg._widgets.launch import launch
+    from napari_unetseg._sample_data import IMAGE_NAME, LABELS_NAME
+    from napari_unetseg._widgets.launch import TITLE, launch
 
     OUT.mkdir(exist_ok=True)
-    viewer = napari.Viewer(title="napari-unetseg")
-    viewer.window.resize(1600, 1000)
-    docks = launch(viewer, widgets=["Train", "Segment"])
-    image = viewer.layers["EM sample (ISBI 2012)"]
-    gt = viewer.layers["EM sample membranes (ISBI 2012)"]
+    viewer = napari.Viewer(title=TITLE)
+    docks = launch(viewer, widgets=WIDGETS)
+    pump(1.0)
+    image, gt = viewer.layers[IMAGE_NAME], viewer.layers[LABELS_NAME]
     gt.visible = False
-    # sparse scribbles, as a user paints them: short strokes of membrane and interior
+    # sparse scribbles, as a user paints them in a new labels layer: short strokes of
+    # membrane and interior (Train follows the new layer)
     truth = np.asarray(gt.data)
     painted = np.zeros_like(truth)
     painted[:, ::16, ::4] = truth[:, ::16, ::4]
-    scribbles = viewer.add_labels(painted, name="scribbles")
+    scribbles = viewer.add_labels(painted, name="Labels")
     viewer.dims.set_current_step(0, 6)
 
     train = docks["Train"]
-    train.image_picker.set_layer(image.name)
-    train.labels_picker.set_layer(scribbles.name)
+    show_tab(train)
+    if train.labels_picker.currentText() != scribbles.name:
+        sys.exit(f"Train did not follow the new labels layer: {train.labels_picker.currentText()}")
     form = train.form
     form.preset.setCurrentText("fast, CPU friendly")
     form.arch.setCurrentText("UNet++")
     form.iterations.setValue(150)
     form.patch.setValue(128)
     form.device.setCurrentText("cpu")
+    form.advanced.expand(animate=False)
     train.train_button.click()
     wait(train)
-    shot(viewer, "train.png")
+    shot(viewer, "train.png", "Train", train)
 
     seg = docks["Segment"]
+    show_tab(seg)
     seg.image_picker.set_layer(image.name)
     seg.scope.setCurrentText("whole stack")
     seg.run_button.click()
     wait(seg)
     scribbles.visible = False
-    shot(viewer, "segment.png")
+    shot(viewer, "segment.png", "Segment", seg)
 
     # weight map of touching cells: instances from the membrane labels
     for layer in list(viewer.layers):
-        if layer is not image:
-            layer.visible = False
+        layer.visible = layer is image
     inst = np.stack([measure.label(s == 2, connectivity=1) for s in truth]).astype(np.int32)
     cells = viewer.add_labels(inst, name="cells (instances)", opacity=0.3)
-    wm_dock, wm = viewer.window.add_plugin_dock_widget("napari-unetseg", "Weight map preview")
+    wm = docks["Weight map preview"]
+    show_tab(wm)
     wm.labels_picker.set_layer(cells.name)
-    pump(1.5)
-    shot(viewer, "weightmap.png")
-    wm.timer.stop()
-    viewer.window.remove_dock_widget(wm_dock)
-    viewer.layers.remove(cells)
-    pump(1.0)  # let a pending preview finish before clearing the weight-map layers
+    pump(2.0)
+    shot(viewer, "weightmap.png", "Weight map preview", wm)
+    cells.visible = False
     for layer in list(viewer.layers):
         if "weight" in layer.name:
-            viewer.layers.remove(layer)
-    image.visible = True
+            layer.visible = False
 
-    for widget in (train, seg):  # keep the window at screen height
-        viewer.window.remove_dock_widget(widget)
-    pump(0.5)
-    _, lv = viewer.window.add_plugin_dock_widget("napari-unetseg", "UNet++ levels")
+    lv = docks["UNet++ levels"]
+    show_tab(lv)
     lv.image_picker.set_layer(image.name)
     lv.gt_picker.set_layer(gt.name)
     lv.measure_button.click()
@@ -121,7 +153,7 @@ def main() -> None:
     pump(3.0)
     for layer in list(viewer.layers):  # only the image and the level output on screen
         layer.visible = layer is image or "level output" in layer.name
-    shot(viewer, "levels.png")
+    shot(viewer, "levels.png", "UNet++ levels", lv)
     viewer.close()
 
 

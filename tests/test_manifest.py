@@ -29,3 +29,14 @@ def test_every_python_name_imports(command):
     for part in attr.split("."):
         obj = getattr(obj, part)
     assert callable(obj)
+
+
+def test_one_plugin_name_in_menus_docs_and_window():
+    """napari's menus show the manifest's display_name: it is the name the docs use."""
+    from napari_unetseg._widgets.launch import PLUGIN, TITLE
+
+    root = MANIFEST.parents[2]
+    assert _manifest().display_name == _manifest().name == PLUGIN == TITLE
+    guide = (root / "docs" / "user-guide.md").read_text(encoding="utf-8")
+    assert f"*Plugins → {PLUGIN} → Train*" in guide
+    assert f"*File → Open Sample → {PLUGIN} →" in guide

@@ -52,7 +52,10 @@ def test_make_sample_data_returns_plain_layer_tuples():
     layers = make_sample_data()
     assert [layer[2] for layer in layers] == ["image", "labels"]
     (image, image_kw, _), (classes, labels_kw, _) = layers
-    assert image_kw["name"] == "EM sample (ISBI 2012)"
+    assert image_kw["name"] == "EM image (ISBI sample)"
+    assert labels_kw["name"] == "membrane ground truth (ISBI sample)"
+    assert labels_kw["metadata"][_sample_data.GROUND_TRUTH] is True
+    assert _sample_data.GROUND_TRUTH not in image_kw["metadata"]
     assert "Cardona" in image_kw["metadata"]["source"]
     assert image.shape == classes.shape and classes.dtype == np.uint8
     _, labels = load_sample()

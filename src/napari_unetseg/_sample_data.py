@@ -20,6 +20,13 @@ SAMPLE_SLICES = tuple(range(22, 30))
 #: Values of the labels layer made by :func:`make_sample_data`.
 MEMBRANE = 1
 INTERIOR = 2
+#: Layer names: the sample's layers say so, and its labels say they are the ground truth,
+#: so neither is taken for a layer the user made (napari names a new labels layer "Labels").
+IMAGE_NAME = "EM image (ISBI sample)"
+LABELS_NAME = "membrane ground truth (ISBI sample)"
+#: ``layer.metadata`` key set (True) on the ground-truth labels layer: widgets that pick a
+#: layer to train on prefer the user's own labels to it.
+GROUND_TRUTH = "ground_truth"
 
 _CITATION = (
     "ISBI 2012 EM challenge training stack, slices 22-29. Cardona et al. 2010, PLoS Biol "
@@ -78,17 +85,19 @@ def make_sample_data() -> list[tuple[Any, dict[str, Any], str]]:
     Returns
     -------
     list of (data, kwargs, layer_type)
-        ``(image, {"name": "EM sample (ISBI 2012)", ...}, "image")`` and
-        ``(classes, {"name": "EM sample membranes (ISBI 2012)", ...}, "labels")`` where
-        ``classes`` is 1 on membrane and 2 inside cells (see :func:`membrane_classes`).
+        ``(image, {"name": IMAGE_NAME, ...}, "image")`` and
+        ``(classes, {"name": LABELS_NAME, ...}, "labels")`` where ``classes`` is 1 on
+        membrane and 2 inside cells (see :func:`membrane_classes`); the labels' metadata has
+        ``GROUND_TRUTH: True``.
     """
     image, labels = load_sample()
     meta = {"source": _CITATION, "slices": list(SAMPLE_SLICES)}
-    image_kwargs = {"name": "EM sample (ISBI 2012)", "colormap": "gray", "metadata": meta}
+    image_kwargs = {"name": IMAGE_NAME, "colormap": "gray", "metadata": meta}
     labels_kwargs = {
-        "name": "EM sample membranes (ISBI 2012)",
+        "name": LABELS_NAME,
         "opacity": 0.4,
-        "metadata": {**meta, "classes": {MEMBRANE: "membrane", INTERIOR: "cell interior"}},
+        "metadata": {**meta, GROUND_TRUTH: True,
+                     "classes": {MEMBRANE: "membrane", INTERIOR: "cell interior"}},
     }
     return [
         (image, image_kwargs, "image"),

@@ -11,13 +11,25 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 PLUGIN = "napari-unetseg"
-IMAGE = "EM sample (ISBI 2012)"
-GT = "EM sample membranes (ISBI 2012)"
+IMAGE = "EM image (ISBI sample)"
+GT = "membrane ground truth (ISBI sample)"
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)  # (one torch thread for every test: tests/conftest.py)
+
+
+@pytest.fixture(autouse=True)
+def _no_modal_questions(monkeypatch):
+    """A modal question would wait for a click that never comes: fail instead. Tests that
+    expect one replace ``_ask.ask_dense`` themselves."""
+    from napari_unetseg._widgets import _ask
+
+    def unexpected(parent, name, coverage):
+        raise AssertionError(f"unexpected question: train {name!r} ({coverage:.0%}) as dense?")
+
+    monkeypatch.setattr(_ask, "ask_dense", unexpected)
 
 
 @pytest.fixture

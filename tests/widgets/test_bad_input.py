@@ -66,6 +66,7 @@ def test_worker_error_is_one_notification(bare, notes, wait_job, monkeypatch):
     monkeypatch.setattr(train_module, "train", broken)
     w = TrainWidget(bare)
     w.form.device.setCurrentText("cpu")
+    w.form.labels_mode.setCurrentIndex(1)  # dense: these labels cover every pixel
     assert w.start() is not None
     wait_job(w)
     errors = _errors(notes)

@@ -131,6 +131,8 @@ def test_train_widget_tiny_and_odd_images_train(make_napari_viewer, notes, wait_
     viewer.add_labels(labels, name="lab")
     w = TrainWidget(viewer)
     tiny(w, arch="U-Net", iterations=2, preview_every=0)
+    if np.count_nonzero(labels) == labels.size:  # labels everywhere: dense, not scribbles
+        w.form.labels_mode.setCurrentText("dense (every value is a class)")
     assert w.start() is not None
     wait_job(w)
     assert not notes and w.saved is not None and w.saved.metadata["steps"] == 2

@@ -112,7 +112,8 @@ def test_closing_the_viewer_mid_training(viewer, image, scribbles, dock, tiny, w
     assert job.cancelled and job.failed is None
     assert job._gen.gi_frame is None  # the training generator was closed, its finally ran
     qtbot.wait(200)  # late signals from the stopped worker reach no deleted widget
-    assert _names(viewer) == names and not any("preview" in n for n in names) and not notes
+    assert _names(viewer) == names and not any("preview" in n for n in names)
+    assert notes == [("info", f"Saved the model to {target}")]  # the save, before the run
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [
         target.name]
 

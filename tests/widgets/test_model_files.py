@@ -34,6 +34,11 @@ def test_save_asks_before_overwrite_and_load_shares(viewer, image, scribbles, do
     monkeypatch.setattr(_files, "confirm_overwrite", answer(True))
     assert train.save_model() == path and len(asked) == 2
     assert path.read_bytes()[:2] == before[:2] == b"PK"
+    # each save said where, in a notification and in the widget's status line
+    assert notes == [("info", f"Saved the model to {path}")] * 2
+    assert str(path) in train.status.text()
+    assert _files.last_folder() == tmp_path  # Load starts where the model was saved
+    notes.clear()
 
     seg = dock("Segment")
     monkeypatch.setattr(_files, "ask_open_path", lambda parent: str(path))

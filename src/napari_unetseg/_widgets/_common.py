@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
-from qtpy.QtWidgets import QComboBox, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QWidget
+
+from .._sample_data import GROUND_TRUTH
 
 if TYPE_CHECKING:
     import napari
@@ -39,6 +41,7 @@ __all__ = [
     "info",
     "new_owner_id",
     "put_output",
+    "status_label",
     "warning",
 ]
 
@@ -46,19 +49,42 @@ MARKER = "napari-unetseg"
 _owner_ids = itertools.count(1)
 
 
-def error(message: str) -> None:
-    """Show ``message`` as a napari error notification (never raises)."""
+def _to_status(message: str, where: QWidget | None) -> None:
+    label = where if isinstance(where, QLabel) else getattr(where, "status", None)
+    if isinstance(label, QLabel):
+        with contextlib.suppress(RuntimeError):  # the widget was deleted meanwhile
+            label.setText(message)
+
+
+def error(message: str, where: QWidget | None = None) -> None:
+    """Show ``message`` as a napari error notification (never raises).
+
+    napari's toast shows one elided line and fades after a few seconds, so the full text
+    also goes to the status line of ``where`` (a QLabel, or a widget with a ``status``
+    label, see :func:`status_label`), where it stays, wrapped and selectable.
+    """
     show_error(message)
+    _to_status(message, where)
 
 
-def warning(message: str) -> None:
-    """Show ``message`` as a napari warning notification."""
+def warning(message: str, where: QWidget | None = None) -> None:
+    """Show ``message`` as a napari warning notification (and in ``where``'s status)."""
     show_warning(message)
+    _to_status(message, where)
 
 
-def info(message: str) -> None:
-    """Show ``message`` as a napari info notification."""
+def info(message: str, where: QWidget | None = None) -> None:
+    """Show ``message`` as a napari info notification (and in ``where``'s status)."""
     show_info(message)
+    _to_status(message, where)
+
+
+def status_label() -> QLabel:
+    """A widget's status line: wraps long messages and lets the user select and copy them."""
+    label = QLabel("")
+    label.setWordWrap(True)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
 
 
 def new_owner_id(kind: str) -> str:
@@ -241,6 +267,10 @@ class LayerPicker(QComboBox):
     exclude_marked : bool
         Leave out layers this plugin made (its probability maps are not sensible inputs;
         its segmentations are, once corrected, so labels pickers keep them by default).
+    follow_active : bool
+        Choose the layer the user selects in the layer list (a layer they add or paint is
+        selected), unless this plugin made it; with nothing chosen yet, prefer the selected
+        layer, then a layer that is not a sample's ground truth (``metadata["ground_truth"]``).
     """
 
     NONE = "(none)"
@@ -251,6 +281,7 @@ class LayerPicker(QComboBox):
         layer_type: type,
         optional: bool = False,
         exclude_marked: bool = False,
+        follow_active: bool = False,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -258,12 +289,35 @@ class LayerPicker(QComboBox):
         self._type = layer_type
         self._optional = optional
         self._exclude_marked = exclude_marked
+        self._follow = follow_active
         self.subscriptions = Subscriptions(self)
         self._renames: list[Any] = []  # the name emitters of the layers followed
         events = viewer.layers.events
         for emitter in (events.inserted, events.removed, events.moved, events.changed):
             self.subscriptions.connect(emitter, self.refresh)
+        if follow_active:
+            self.subscriptions.connect(viewer.layers.selection.events.active, self._activated)
         self.refresh()
+
+    def _followable(self, layer: Any) -> bool:
+        return (isinstance(layer, self._type) and MARKER not in layer.metadata
+                and layer.name in self._viewer.layers)
+
+    def _activated(self, event: Any = None) -> None:
+        layer = self._viewer.layers.selection.active
+        if layer is not None and self._followable(layer):
+            self.set_layer(layer.name)
+
+    def _preferred(self, names: list[str]) -> str | None:
+        """The layer to choose when the current one is gone (or at the start)."""
+        if not self._follow:
+            return None
+        active = self._viewer.layers.selection.active
+        if active is not None and self._followable(active) and active.name in names:
+            return active.name
+        layers = self._viewer.layers
+        return next((n for n in names if n in layers and not layers[n].metadata.get(
+            GROUND_TRUTH)), None)
 
     def _names(self) -> list[str]:
         names = []
@@ -284,6 +338,8 @@ class LayerPicker(QComboBox):
         self.addItems(names)
         if current in names:
             self.setCurrentText(current)
+        elif (preferred := self._preferred(names)) is not None:
+            self.setCurrentText(preferred)
         self.blockSignals(False)
         if self.currentText() != current:
             self.currentTextChanged.emit(self.currentText())

@@ -1,7 +1,10 @@
 """Save model… / Load model…: file dialogs, an explicit overwrite question, io calls.
 
 The dialogs are module functions so that tests can replace them. A model file is written with
-:func:`napari_unetseg.io.save_model`, with ``overwrite=True`` only after the user said yes.
+:func:`napari_unetseg.io.save_model` (atomically, with the mode a new file gets from the
+umask), with ``overwrite=True`` only after the user said yes, and a notification says where.
+The dialogs open in the folder last saved to or loaded from in this session
+(:func:`last_folder`), so Load finds the model just saved.
 """
 
 from __future__ import annotations
@@ -14,16 +17,34 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 from ..io import MODEL_SUFFIX, SavedModel, load_model, save_model
 from . import _common
 
-__all__ = ["ask_open_path", "ask_save_path", "confirm_overwrite", "load_with_dialog",
-           "save_with_dialog"]
+__all__ = ["ask_open_path", "ask_save_path", "confirm_overwrite", "last_folder",
+           "load_with_dialog", "remember_folder", "save_with_dialog"]
 
 _FILTER = f"napari-unetseg model (*{MODEL_SUFFIX});;All files (*)"
+_last: dict[str, Path] = {}  # "folder" -> the folder of the last model file saved or loaded
+
+
+def last_folder() -> Path | None:
+    """The folder of the model file last saved or loaded in this session, or None."""
+    return _last.get("folder")
+
+
+def remember_folder(path: str | Path) -> None:
+    """Make the folder of ``path`` the one the next file dialog opens in."""
+    _last["folder"] = Path(path).resolve().parent
+
+
+def _start(name: str = "") -> str:
+    folder = last_folder()
+    if folder is None or not folder.is_dir():
+        return name
+    return str(folder / name) if name else str(folder)
 
 
 def ask_save_path(parent: QWidget | None) -> str:
     """Ask where to save; '' when cancelled. Overwriting is asked separately."""
     path, _ = QFileDialog.getSaveFileName(
-        parent, "Save model", f"model{MODEL_SUFFIX}", _FILTER,
+        parent, "Save model", _start(f"model{MODEL_SUFFIX}"), _FILTER,
         options=QFileDialog.Option.DontConfirmOverwrite,
     )
     return path
@@ -31,7 +52,7 @@ def ask_save_path(parent: QWidget | None) -> str:
 
 def ask_open_path(parent: QWidget | None) -> str:
     """Ask which model file to open; '' when cancelled."""
-    path, _ = QFileDialog.getOpenFileName(parent, "Load model", "", _FILTER)
+    path, _ = QFileDialog.getOpenFileName(parent, "Load model", _start(), _FILTER)
     return path
 
 
@@ -48,7 +69,7 @@ def confirm_overwrite(parent: QWidget | None, path: Path) -> bool:
 def save_with_dialog(parent: QWidget | None, saved: SavedModel | None) -> Path | None:
     """Ask for a path and write ``saved`` there; returns the path written, or None."""
     if saved is None:
-        _common.error("Save model: there is no model yet; train one first.")
+        _common.error("Save model: there is no model yet; train one first.", parent)
         return None
     text = ask_save_path(parent)
     if not text:
@@ -60,14 +81,17 @@ def save_with_dialog(parent: QWidget | None, saved: SavedModel | None) -> Path |
     if overwrite and not confirm_overwrite(parent, path):
         return None
     try:
-        return save_model(
+        written = save_model(
             path, saved.model, normalization=saved.normalization,
             class_values=saved.class_values, class_names=saved.class_names or None,
             metadata=saved.metadata, overwrite=overwrite,
         )
     except (OSError, ValueError, TypeError) as e:
-        _common.error(f"Save model: could not write {path}: {e}")
+        _common.error(f"Save model: could not write {path}: {e}", parent)
         return None
+    remember_folder(written)
+    _common.info(f"Saved the model to {written}", parent)
+    return written
 
 
 def load_with_dialog(parent: QWidget | None, store: Any) -> SavedModel | None:
@@ -75,10 +99,11 @@ def load_with_dialog(parent: QWidget | None, store: Any) -> SavedModel | None:
     text = ask_open_path(parent)
     if not text:
         return None
+    remember_folder(text)
     try:
         saved = load_model(text)
     except (OSError, ValueError) as e:
-        _common.error(f"Load model: {e}")
+        _common.error(f"Load model: {e}", parent)
         return None
     store.set_model(saved, f"file {Path(text).name}")
     return saved

@@ -17,6 +17,10 @@ _COLORS = ("#4da6ff", "#ff9f40", "#7bd17b", "#e377c2")
 _MAX_POINTS = 2000  # older points are thinned out, so drawing stays cheap
 
 
+def _int(flag: object) -> int:
+    return int(getattr(flag, "value", flag))  # PyQt6 enums are not ints
+
+
 class LinePlot(QWidget):
     """Named series of ``(x, y)`` points drawn as lines on shared axes.
 
@@ -41,6 +45,7 @@ class LinePlot(QWidget):
         self.title = title
         self.y_range = y_range
         self.data: dict[str, list[tuple[float, float]]] = {name: [] for name in series}
+        self.note = ""
         self.setMinimumHeight(90)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
@@ -52,6 +57,12 @@ class LinePlot(QWidget):
         points.append((float(x), float(y)))
         if len(points) > _MAX_POINTS:
             del points[1::2]
+        self.update()
+
+    def set_note(self, text: str) -> None:
+        """Text shown, wrapped, inside the empty plot (why it is empty, what will fill it)."""
+        self.note = text
+        self.setToolTip(text)
         self.update()
 
     def clear(self) -> None:
@@ -83,6 +94,9 @@ class LinePlot(QWidget):
         painter.drawText(QPointF(4, 12), self.title)
         ranges = self._ranges()
         if ranges is None:
+            if self.note:
+                flags = _int(Qt.AlignmentFlag.AlignCenter) | _int(Qt.TextFlag.TextWordWrap)
+                painter.drawText(rect.adjusted(6, 2, -6, -2), flags, self.note)
             painter.end()
             return
         x0, x1, y0, y1 = ranges

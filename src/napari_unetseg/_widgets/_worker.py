@@ -106,6 +106,10 @@ class Job:
         self.cancelled = True
         self.worker.quit()
 
+    def _owned(self) -> Any:
+        """The owner widget while it is alive, else None."""
+        return None if self._owner is None else self._owner()
+
     def _owner_gone(self) -> None:
         self._on_event = self._on_result = self._on_finished = None
         if self.running:
@@ -128,11 +132,11 @@ class Job:
             try:
                 self._on_result(value)
             except (ValueError, TypeError, RuntimeError) as e:
-                _common.error(f"{self.description}: could not show the result: {e}")
+                _common.error(f"{self.description}: could not show the result: {e}", self._owned())
 
     def _errored(self, exc: BaseException) -> None:
         self.failed = exc
-        _common.error(f"{self.description} failed: {exc}")
+        _common.error(f"{self.description} failed: {exc}", self._owned())
 
     def _finished(self) -> None:
         self._gen.close()  # a cancelled generator runs its finally blocks now

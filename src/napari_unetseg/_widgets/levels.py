@@ -28,7 +28,6 @@ from qtpy.QtWidgets import (
     QSlider,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -37,16 +36,22 @@ from ..metrics import dice
 from ..models import describe
 from . import _common
 from ._common import LayerPicker, current_index, put_output
+from ._layout import scroll_body
 from ._registry import store_for
 from ._worker import Job
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["LevelsWidget"]
+__all__ = ["NO_UNETPP", "OUTPUT_STYLE", "LevelsWidget"]
 
 CACHE_SIZE = 64
 COLUMNS = ("params", "MFLOPs/px", "ms/slice", "Dice")
+NO_UNETPP = ("Levels exist only for UNet++ models: in Train, choose architecture UNet++ and "
+             "train (or load a UNet++ model file).")
+#: The level output layer: translucent over the image, which stays visible under it.
+OUTPUT_STYLE = {"colormap": "magma", "contrast_limits": (0.0, 1.0), "blending": "translucent",
+                "opacity": 0.5}
 
 
 class LevelsWidget(QWidget):
@@ -76,8 +81,9 @@ class LevelsWidget(QWidget):
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.measure_button = QPushButton("Measure all levels")
         self.apply_button = QPushButton("Use this level in Segment")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.unetpp_button = QPushButton("Train a UNet++…")
+        self.unetpp_button.setToolTip("open the Train widget with architecture UNet++")
+        self.status = _common.status_label()
         self._layout()
         self.slider.valueChanged.connect(self.request)
         self.image_picker.currentTextChanged.connect(self.request)
@@ -85,6 +91,7 @@ class LevelsWidget(QWidget):
         self.subscriptions.connect(self.viewer.dims.events.current_step, self.request)
         self.measure_button.clicked.connect(self.measure_all)
         self.apply_button.clicked.connect(self.apply)
+        self.unetpp_button.clicked.connect(self.train_unetpp)
         self.subscriptions.connect(self.store.model_changed, self._model_changed)
         self._model_changed()
 
@@ -96,13 +103,15 @@ class LevelsWidget(QWidget):
         row.addWidget(self.slider)
         row.addWidget(self.level_label)
         form.addRow("level", row)
-        box = QVBoxLayout(self)
+        box = scroll_body(self)
         box.addWidget(self.model_label)
         box.addLayout(form)
         box.addWidget(self.table)
         box.addWidget(self.measure_button)
         box.addWidget(self.apply_button)
         box.addWidget(self.status)
+        box.addWidget(self.unetpp_button)
+        box.addStretch(1)
 
     # ------------------------------------------------------------------ model and levels
 
@@ -134,9 +143,10 @@ class LevelsWidget(QWidget):
         self.table.setFixedHeight(
             self.table.verticalHeader().length() + header + 2 * self.table.frameWidth() + 2
         )
+        self.unetpp_button.setVisible(not usable)
         if not usable:
             self.level_label.setText("")
-            self.status.setText("levels exist only for UNet++ models")
+            self.status.setText(NO_UNETPP)
             return
         self.slider.blockSignals(True)
         self.slider.setRange(1, len(levels))
@@ -227,8 +237,7 @@ class LevelsWidget(QWidget):
         else:
             data = probs.astype(np.float32)
         put_output(self.viewer, self.owner, "level", image, data, "image",
-                   f"{image.name} level output", colormap="magma", contrast_limits=(0.0, 1.0),
-                   blending="additive")
+                   f"{image.name} level output", **OUTPUT_STYLE)
         self.status.setText(f"{_name(key[2])} on slice {key[1]}")
 
     def _fill_table(self, *args: Any) -> None:
@@ -257,11 +266,29 @@ class LevelsWidget(QWidget):
         gt, pred = np.where(outside, filler, gt), np.where(outside, filler, pred)
         return f"{dice(pred, gt, classes=values)['mean']:.3f}"
 
+    def train_unetpp(self) -> Any:
+        """Open (or show) the Train widget of this viewer set to UNet++; returns it."""
+        from ._layout import dock_of
+        from .launch import PLUGIN
+
+        try:
+            _, train = self.viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+        except (KeyError, ValueError, RuntimeError) as e:  # e.g. a viewer without a window
+            _common.error(f"Levels: could not open the Train widget: {e}", self)
+            return None
+        train.form.arch.setCurrentText("UNet++")
+        dock = dock_of(train)
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+        return train
+
     def apply(self) -> None:
         """Use the chosen level in the Segment widget(s) of this viewer."""
         level = self.level()
         if level is None:
-            _common.error("Levels: there is no UNet++ model to choose a level of.")
+            _common.error(f"Levels: there is no UNet++ model to choose a level of. {NO_UNETPP}",
+                          self)
             return
         self.store.level_chosen.emit(level)
         _common.info(f"Segment widget set to UNet++ {_name(level)}")

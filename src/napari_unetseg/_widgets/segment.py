@@ -30,13 +30,13 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
 from ..inference import InferenceConfig, SegmentResult, segment
 from . import _common, _files
 from ._common import LayerPicker, current_index, find_output, put_output
+from ._layout import scroll_body
 from ._registry import store_for
 from ._worker import Job
 
@@ -98,8 +98,7 @@ class SegmentWidget(QWidget):
         self.level, self.show_class = QComboBox(), QComboBox()
         self.level.setToolTip("UNet++: mean of all heads (accurate) or a pruned level")
         self.run_button, self.cancel_button = QPushButton("Segment"), QPushButton("Cancel")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = _common.status_label()
         self._layout()
         self.load_button.clicked.connect(self.load_model)
         self.run_button.clicked.connect(self.start)
@@ -124,7 +123,7 @@ class SegmentWidget(QWidget):
         run = QHBoxLayout()
         run.addWidget(self.run_button)
         run.addWidget(self.cancel_button)
-        box = QVBoxLayout(self)
+        box = scroll_body(self)
         box.addWidget(self.model_label)
         box.addWidget(self.load_button)
         box.addLayout(form)
@@ -183,14 +182,14 @@ class SegmentWidget(QWidget):
     def _checked_image(self, saved: Any) -> Any:
         image = self.image_picker.layer()
         if image is None:
-            _common.error("Segment: choose an image layer first.")
+            _common.error("Segment: choose an image layer first.", self)
         elif image.rgb or image.multiscale or image.ndim not in (2, 3):
             _common.error(f"Segment: image {image.name!r} must be a single-channel 2D image or "
                           f"3D stack (Z, Y, X); got shape {tuple(image.data.shape)}"
-                          f"{' (RGB)' if image.rgb else ''}.")
+                          f"{' (RGB)' if image.rgb else ''}.", self)
         elif saved.config.in_channels != 1:
             _common.error(f"Segment: the model expects {saved.config.in_channels} channels; "
-                          "this widget segments single-channel images.")
+                          "this widget segments single-channel images.", self)
         else:
             return image
         return None
@@ -201,7 +200,7 @@ class SegmentWidget(QWidget):
             return None
         saved = self.store.saved
         if saved is None:
-            _common.error("Segment: no model yet. Train one or load a model file first.")
+            _common.error("Segment: no model yet. Train one or load a model file first.", self)
             return None
         image = self._checked_image(saved)
         if image is None:
@@ -209,7 +208,7 @@ class SegmentWidget(QWidget):
         try:
             config = self._config()
         except (ValueError, TypeError) as e:
-            _common.error(f"Segment: {e}")
+            _common.error(f"Segment: {e}", self)
             return None
         z = current_index(self.viewer, image)
         one = self.scope.currentText() == "current slice" and image.ndim == 3

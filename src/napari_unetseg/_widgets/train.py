@@ -13,16 +13,18 @@ widget and is shared with the other widgets of the viewer through :func:`._regis
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QPushButton, QWidget
 
 from ..io import SavedModel
 from ..training import TrainResult
-from . import _common, _files
+from . import _ask, _common, _files
 from ._common import LayerPicker, current_index
+from ._layout import scroll_body
 from ._live import (
     LabelsApplied,
     LabelsFeed,
@@ -33,13 +35,21 @@ from ._live import (
 )
 from ._plot import LinePlot
 from ._registry import store_for
-from ._train_form import TrainForm
+from ._train_form import LABELS_MODES, TrainForm
 from ._worker import Job
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["Preview", "TrainWidget"]
+__all__ = ["Preview", "TrainWidget", "validation_note"]
+
+
+def validation_note(metadata: dict) -> str:
+    """Why a finished training has no validation Dice (see ``data._split``)."""
+    if not metadata.get("val_slices"):
+        return ("no validation: too few labels to hold some out without losing a class. "
+                "Paint strokes on a second slice, or more strokes of every class.")
+    return "no validation: training stopped before the first validation"
 
 
 class TrainWidget(QWidget):
@@ -57,14 +67,14 @@ class TrainWidget(QWidget):
         self._preview_z = 0
         self._source: Any = None
         self.live: LiveTraining | None = None
+        self._sparse_ok: weakref.WeakSet = weakref.WeakSet()  # layers the user keeps sparse
         self.subscriptions = _common.Subscriptions(self)  # cut when the widget is closed
         self.image_picker = LayerPicker(napari_viewer, Image, exclude_marked=True)
-        self.labels_picker = LayerPicker(napari_viewer, Labels)
+        self.labels_picker = LayerPicker(napari_viewer, Labels, follow_active=True)
         self.form = TrainForm()
         self.train_button, self.cancel_button = QPushButton("Train"), QPushButton("Cancel")
         self.save_button, self.load_button = QPushButton("Save model…"), QPushButton("Load model…")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = _common.status_label()
         self.loss_plot = LinePlot("loss", ("train", "val"))
         self.dice_plot = LinePlot("validation Dice", ("val",), y_range=(0.0, 1.0))
         self.feed = LabelsFeed(self.subscriptions, self._painted, self)
@@ -85,7 +95,7 @@ class TrainWidget(QWidget):
         run.addWidget(self.cancel_button)
         files.addWidget(self.save_button)
         files.addWidget(self.load_button)
-        box = QVBoxLayout(self)
+        box = scroll_body(self)
         box.addLayout(pick)
         box.addWidget(self.form)
         box.addLayout(run)
@@ -111,33 +121,57 @@ class TrainWidget(QWidget):
         """The image and labels layers and the number of classes, or None (after a message)."""
         image, labels = self.image_picker.layer(), self.labels_picker.layer()
         if image is None or labels is None:
-            _common.error("Train: choose an image layer and a labels layer first.")
+            _common.error("Train: choose an image layer and a labels layer first.", self)
             return None
         if image.rgb or image.multiscale or image.ndim not in (2, 3):
             _common.error(
                 f"Train: image {image.name!r} must be a single-channel 2D image or 3D stack "
-                f"(Z, Y, X); got {'an RGB image' if image.rgb else f'shape {image.data.shape}'}."
+                f"(Z, Y, X); got {'an RGB image' if image.rgb else f'shape {image.data.shape}'}.",
+                self,
             )
             return None
         if tuple(labels.data.shape) != tuple(image.data.shape):
             _common.error(
                 f"Train: labels {labels.name!r} have shape {tuple(labels.data.shape)} but the "
-                f"image has shape {tuple(image.data.shape)}; they must match."
+                f"image has shape {tuple(image.data.shape)}; they must match.",
+                self,
             )
             return None
         lab = np.asarray(labels.data)
         mode = self.form.mode()
         if mode != "dense" and not lab.any():
             _common.error(f"Train: labels {labels.name!r} have no painted pixel; paint at least "
-                          "two classes (values 1, 2, ...).")
+                          "two classes (values 1, 2, ...).", self)
             return None
         classes = len(np.unique(lab)) if mode == "dense" else 2 if mode == "instances" else int(
             lab.max())
         if classes < 2:
             _common.error(f"Train: labels {labels.name!r} hold a single class; paint at least "
-                          "two (e.g. 1 = background, 2 = object).")
+                          "two (e.g. 1 = background, 2 = object).", self)
             return None
+        if mode == "sparse":
+            mode = self._sparse_or_dense(labels, lab)
+            if not mode:
+                return None
+            if mode == "dense":
+                classes = len(np.unique(lab))
         return image, labels, classes
+
+    def _sparse_or_dense(self, layer: Any, lab: np.ndarray) -> str:
+        """Sparse mode on labels that cover most of the image: ask whether they are dense
+        (once per layer when the answer is "keep sparse"); sets the form to the answer.
+        Returns the labels mode to train with, or "" when the user cancelled."""
+        coverage = np.count_nonzero(lab) / max(lab.size, 1)
+        real = getattr(layer, "__wrapped__", layer)  # napari hands widgets proxies
+        if coverage < _ask.DENSE_COVERAGE or real in self._sparse_ok:
+            return "sparse"
+        answer = _ask.ask_dense(self, layer.name, coverage)
+        if answer == "dense":
+            self.form.labels_mode.setCurrentText(
+                next(k for k, v in LABELS_MODES.items() if v == "dense"))
+        elif answer == "sparse":
+            self._sparse_ok.add(real)
+        return answer
 
     # ------------------------------------------------------------------ running
 
@@ -153,13 +187,15 @@ class TrainWidget(QWidget):
             model_cfg = self.form.model_config(classes)
             train_cfg = self.form.train_config()
         except (ValueError, TypeError) as e:
-            _common.error(f"Train: {e}")
+            _common.error(f"Train: {e}", self)
             return None
         self._stop = False
         self._source = image
         self._track_slice()
         self.loss_plot.clear()
         self.dice_plot.clear()
+        every = min(train_cfg.val_every, train_cfg.iterations)
+        self.dice_plot.set_note(f"validation on held-out labels every {every} steps")
         self.live = LiveTraining(
             np.asarray(image.data), np.array(labels.data), model_cfg, train_cfg,
             self.form.mode(), stop=lambda: self._stop, every_s=self.form.preview_every.value(),
@@ -205,6 +241,8 @@ class TrainWidget(QWidget):
             show_preview(self.viewer, self.owner, image, preview)
 
     def _on_result(self, result: TrainResult) -> None:
+        if not self.dice_plot.data["val"]:
+            self.dice_plot.set_note(validation_note(result.metadata))
         steps = int(result.metadata.get("steps", 0))
         if steps == 0:
             self.status.setText("cancelled before the first step: no model")

@@ -20,7 +20,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QLabel,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 from superqt import QLabeledDoubleSlider
@@ -28,6 +27,7 @@ from superqt import QLabeledDoubleSlider
 from ..weightmap import weight_map
 from . import _common
 from ._common import LayerPicker, current_index, find_output, put_output
+from ._layout import scroll_body
 from ._worker import Job
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class WeightMapWidget(QWidget):
         form.addRow("sigma (px)", self.sigma)
         form.addRow("", self.balance)
         form.addRow("blending", self.blending)
-        box = QVBoxLayout(self)
+        box = scroll_body(self)
         box.addLayout(form)
         box.addWidget(self.stack_button)
         box.addWidget(self.status)
