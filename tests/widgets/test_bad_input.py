@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unetseg._widgets import train as train_module
+from napari_unetseg._widgets import _live
 from napari_unetseg._widgets.levels import LevelsWidget
 from napari_unetseg._widgets.segment import SegmentWidget
 from napari_unetseg._widgets.train import TrainWidget
@@ -63,7 +63,7 @@ def test_worker_error_is_one_notification(bare, notes, wait_job, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("labels give 3 classes but the model has 2")
 
-    monkeypatch.setattr(train_module, "train", broken)
+    monkeypatch.setattr(_live, "train", broken)  # the live loop calls the core's train()
     w = TrainWidget(bare)
     w.form.device.setCurrentText("cpu")
     w.form.labels_mode.setCurrentIndex(1)  # dense: these labels cover every pixel

@@ -342,7 +342,7 @@ def test_save_gives_normal_file_modes(make_napari_viewer, notes, tmp_path, monke
         assert stat.S_IMODE(target.stat().st_mode) == 0o640
     finally:
         os.umask(old)
-    assert not notes
+    assert notes == [("info", f"Saved the model to {target}")] * 2
 
 
 def test_special_files_are_one_notification(make_napari_viewer, notes, tmp_path, monkeypatch):
