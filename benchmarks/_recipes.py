@@ -1,0 +1,101 @@
+"""The network side of benchmarks/scribbles.py: named recipes and one timed run with snapshots."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from typing import Any
+
+import numpy as np
+from _loop import Run, rf_features, rf_fit, snapshots
+
+from napari_unetseg import ModelConfig
+from napari_unetseg.training import TrainConfig, train
+
+#: "today": the CLI's sparse default before issue 10 (fast preset, ce, 10 % validation),
+#: trained by time. "scribbles": the loop's recipe (see presets.py).
+RECIPES: dict[str, dict[str, Any]] = {
+    "today": {"depth": 4, "width": 16, "patch_size": 192, "batch_size": 4, "loss": "ce",
+              "val_fraction": 0.1},
+    "scribbles": {"depth": 4, "width": 16, "patch_size": 192, "batch_size": 4, "loss": "ce",
+                  "val_fraction": 0.0},
+}
+
+#: recipe settings that are not ModelConfig / TrainConfig fields
+_EXTRA = {"teacher": None, "teacher_slices": 4, "teacher_conf": 0.8, "pretrain_s": 0,
+          "pretrain_patch": 96, "pretrain_batch": 8, "pretrain_lr": 2e-3, "ema": 0.0}
+_MODEL = {f.name for f in dataclasses.fields(ModelConfig)}
+_TRAIN = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def settings(recipe: str, overrides: list[str]) -> dict[str, Any]:
+    out = dict(RECIPES[recipe])
+    for item in overrides:
+        key, _, text = item.partition("=")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key] = text
+    return out
+
+
+def deep_run(task: dict, recipe: str, overrides: list[str], marks: list[float], clock,
+             seed: int) -> Run:
+    """Train the recipe on the task's strokes for max(marks) seconds, with snapshots."""
+    s = {**_EXTRA, **settings(recipe, overrides)}
+    model_kw = {k: v for k, v in s.items() if k in _MODEL}
+    train_kw = {k: v for k, v in s.items() if k in _TRAIN}
+    unknown = set(s) - _MODEL - _TRAIN - set(_EXTRA)
+    if unknown:
+        raise SystemExit(f"unknown recipe settings {sorted(unknown)}")
+    mc = ModelConfig(classes=int(task["strokes"].max()), **model_kw)
+    resume, pre = None, {}
+    if s["pretrain_s"]:  # while the user paints: not counted in the marks
+        resume, pre = _pretrain(task, mc, s, clock, seed)
+    t0 = clock()
+    image, labels = task["image"], task["strokes"]
+    if s["teacher"] == "rf":
+        image, labels = rf_pseudo_labels(image, labels, s["teacher_slices"], s["teacher_conf"],
+                                         seed)
+    offset = clock() - t0
+    tc = TrainConfig(**{"iterations": 10_000_000, "device": "cpu", "log_every": 1,
+                        "seed": seed, "time_budget_s": max(marks) - offset, **train_kw})
+    gen = train(image, labels, mc, tc, clock=clock, resume=resume)
+    run = snapshots(gen, marks, clock, t0, offset, ema=s["ema"])
+    run.settings = {**s, **pre}
+    return run
+
+
+def _pretrain(task: dict, mc: ModelConfig, s: dict, clock, seed: int):
+    from napari_unetseg.devices import drain
+    from napari_unetseg.pretrain import PretrainConfig, pretrain
+
+    stack = task["stack"]
+    cfg = PretrainConfig(time_budget_s=float(s["pretrain_s"]), patch_size=s["pretrain_patch"],
+                         batch_size=s["pretrain_batch"], lr=s["pretrain_lr"], seed=seed)
+    res = drain(pretrain(stack, mc, cfg, clock=clock))
+    print(f"  pretrained {res.metadata['steps']} steps in {res.metadata['seconds']:.0f} s "
+          f"on {len(stack)} slices", flush=True)
+    return res.state_dict, {"pretrain_steps": res.metadata["steps"],
+                            "pretrain_slices": len(stack)}
+
+
+def rf_pseudo_labels(image, strokes, n_slices: int, conf: float, seed: int):
+    """Strokes plus the random forest's confident predictions on ``n_slices`` slices (the
+    painted ones first, then evenly spread others) as sparse labels."""
+    painted = [int(z) for z in np.flatnonzero(strokes.reshape(len(strokes), -1).any(1))]
+    others = [z for z in range(len(image)) if z not in painted]
+    extra = max(0, n_slices - len(painted))
+    pick = painted + [others[i] for i in np.linspace(0, len(others) - 1, extra).astype(int)
+                      ] if extra and others else painted
+    rf = rf_fit(image, strokes, seed=seed)
+    values = list(rf.classes_)
+    out = np.zeros((len(pick), *image.shape[1:]), np.uint8)
+    for i, z in enumerate(pick):
+        f = rf_features(image[z])
+        p = rf.predict_proba(f.reshape(-1, f.shape[-1])).reshape(*image.shape[1:], -1)
+        best = p.argmax(-1)
+        sure = p.max(-1) >= conf
+        out[i][sure] = np.asarray(values, np.uint8)[best[sure]]
+        out[i][strokes[z] > 0] = strokes[z][strokes[z] > 0]
+    return image[pick], out
