@@ -372,3 +372,37 @@ def test_options_are_checked_before_any_image_is_read(d, capsys, monkeypatch, ar
     for module in (cli_predict, cli_train):
         monkeypatch.setattr(module, "read_image", lambda p: pytest.fail(f"read {p}"))
     _refused(capsys, [a.format(d=d) for a in argv], pattern)
+
+
+def test_sigterm_during_a_zarr_prediction_keeps_whole_blocks_and_resumes(d, tmp_path, capsys,
+                                                                         monkeypatch):
+    """The block being written when SIGTERM comes is not marked done: the rerun redoes it and
+    the output equals an uninterrupted run."""
+    zarr = pytest.importorskip("zarr")
+    from napari_unetseg import blockwise
+
+    out, ref = tmp_path / "o.zarr", tmp_path / "ref.zarr"
+    base = ["predict", d / "unet.unetseg", d / "img.tif", "--device", "cpu", "--tile", "32",
+            "--block", "1,32,32"]
+    assert _cli(capsys, [*base[:3], "-o", ref, *base[3:]])[0] == 0
+    real, calls = blockwise._write, []
+
+    def write(group, idx, bounds, labels, probs):
+        calls.append(idx)
+        if len(calls) == 2:  # half-way through the second block
+            group["labels"][bounds[0][0]:bounds[0][1]] = 99
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(group, idx, bounds, labels, probs)
+
+    monkeypatch.setattr(blockwise, "_write", write)
+    rc, stdout, err = _cli(capsys, [*base[:3], "-o", out, *base[3:]])
+    assert rc == 143 and stdout == ""
+    assert err.strip().splitlines()[-1] == ("napari-unetseg predict: interrupted (SIGTERM); 1 "
+                                            "new block(s) written; run the same command again "
+                                            "to resume")
+    assert zarr.open_group(str(out))["done"][...].sum() == 1
+    monkeypatch.setattr(blockwise, "_write", real)
+    rc, stdout, _ = _cli(capsys, [*base[:3], "-o", out, *base[3:]])
+    assert rc == 0 and json.loads(stdout)["computed"] == 2
+    np.testing.assert_array_equal(zarr.open_group(str(out))["labels"][...],
+                                  zarr.open_group(str(ref))["labels"][...])

@@ -84,6 +84,7 @@ _WORDING = [
     (re.compile(r"pass channel_axis\b"), "pass --channel-axis"),
     (re.compile(r"labels_mode='(\w+)'"), r"--labels-mode \1"),
     (re.compile(r"device='(\w+)'"), r"--device \1"),
+    (re.compile(r"model_config\.classes\b"), "--classes"),
 ]
 _ARGUMENT = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)(=| must\b)")
 

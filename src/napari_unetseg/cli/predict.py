@@ -111,9 +111,13 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--slices needs a stack (Z, Y, X); {args.image} is 2-D")
         image = image[select_slices(args.slices, image.shape[0])]
     bar = Progress("predict")
-    res = run_prediction(saved, image, cfg,
-                         lambda ev: bar.update(ev.done, ev.total, f"slice {ev.slice_index}"),
-                         channel_axis=args.channel_axis)
+    try:
+        res = run_prediction(saved, image, cfg,
+                             lambda ev: bar.update(ev.done, ev.total, f"slice {ev.slice_index}"),
+                             channel_axis=args.channel_axis)
+    except KeyboardInterrupt as e:
+        bar.close()
+        raise interrupted(e, "no output written") from None
     bar.close()
     if args.output_kind == "labels":
         from ..postprocess import class_lut
