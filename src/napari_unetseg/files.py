@@ -132,7 +132,7 @@ def check_output(path: str | os.PathLike, overwrite: bool,
     except FileNotFoundError:
         st = None
     except NotADirectoryError:
-        raise FileNotFoundError(f"folder {path.parent} does not exist") from None
+        raise NotADirectoryError(f"{path.parent} is not a folder") from None
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(f"{path} is a directory; expected a file path to write")

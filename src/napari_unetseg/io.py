@@ -55,6 +55,8 @@ _MAX_JSON_BYTES = 1 << 20
 #: compress (a saved file is ~0.9x its network), zeros compress ~1000-fold (a deflate bomb).
 _MAX_EXPANSION = 16
 _ZIP_MAGIC = b"PK\x03\x04"
+_MAX_ENTRIES = 10_000  # a network has a few hundred tensors
+_MAX_DIRECTORY_BYTES = 16 << 20
 
 
 class ModelFileError(ValueError):
@@ -190,7 +192,27 @@ def _read_model_bytes(path: Path) -> bytes:
         blob = _ZIP_MAGIC + fh.read(MAX_MODEL_FILE_BYTES + 1 - len(_ZIP_MAGIC))
     if len(blob) > MAX_MODEL_FILE_BYTES:  # it grew while being read
         raise ModelFileError(f"{path} is larger than any model file napari-unetseg reads")
+    _check_directory(blob, path)
     return blob
+
+
+def _check_directory(blob: bytes, path: Path) -> None:
+    """Refuse a ZIP whose central directory declares more entries or bytes than a model file
+    has, before ``zipfile`` builds an object per entry (a million empty entries fit in 100 MB)."""
+    end = blob.rfind(b"PK\x05\x06", max(0, len(blob) - (1 << 16) - 22))
+    if end < 0 or end + 22 > len(blob):
+        return  # no end record: zipfile reports the damage
+    entries, size = struct.unpack_from("<HI", blob, end + 10)
+    locator = end - 20
+    if (entries == 0xFFFF or size == 0xFFFFFFFF) and locator >= 0 and blob[
+            locator : locator + 4] == b"PK\x06\x07":  # ZIP64: the counts are in its record
+        at = struct.unpack_from("<Q", blob, locator + 8)[0]
+        if blob[at : at + 4] == b"PK\x06\x06" and at + 56 <= len(blob):
+            entries, size = struct.unpack_from("<QQ", blob, at + 32)
+    if entries > _MAX_ENTRIES or size > _MAX_DIRECTORY_BYTES:
+        raise ModelFileError(f"{path} is not a napari-unetseg model file: its ZIP directory "
+                             f"declares {entries} entries in {describe_bytes(size)} (at most "
+                             f"{_MAX_ENTRIES} in {describe_bytes(_MAX_DIRECTORY_BYTES)})")
 
 
 def _read_header(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:

@@ -69,10 +69,10 @@ def _check_series(tif: Any, path: Path, damage: list[str]) -> None:
     if not series:
         raise ValueError(f"{path} holds no image")
     if len(series) > 1:
-        shapes = ", ".join(str(tuple(s.shape)) for s in series[:4])
-        raise ValueError(f"{path} holds {len(series)} images of different shapes ({shapes}"
-                         f"{', …' if len(series) > 4 else ''}); expected one image or a stack "
-                         "of equal pages")
+        shapes = ", ".join(f"{tuple(s.shape)} {np.dtype(s.dtype)}" for s in series[:4])
+        raise ValueError(f"{path} holds {len(series)} images of different shapes or types "
+                         f"({shapes}{', …' if len(series) > 4 else ''}); expected one image or "
+                         "a stack of equal pages")
     shape, dtype = tuple(series[0].shape), np.dtype(series[0].dtype)
     need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
     free = available_memory()
