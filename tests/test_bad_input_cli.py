@@ -406,3 +406,15 @@ def test_sigterm_during_a_zarr_prediction_keeps_whole_blocks_and_resumes(d, tmp_
     assert rc == 0 and json.loads(stdout)["computed"] == 2
     np.testing.assert_array_equal(zarr.open_group(str(out))["labels"][...],
                                   zarr.open_group(str(ref))["labels"][...])
+
+
+def test_slices_cut_the_z_axis_not_the_channel_axis(d, tmp_path, capsys):
+    """(C, Z, Y, X) with --channel-axis 0: --slices selects along Z."""
+    img = tifffile.imread(d / "img.tif")[None]  # one channel first
+    tifffile.imwrite(tmp_path / "czyx.tif", img, photometric="minisblack")
+    out = tmp_path / "o.tif"
+    rc, stdout, err = _cli(capsys, ["predict", d / "unet.unetseg", tmp_path / "czyx.tif", "-o",
+                                    out, "--channel-axis", "0", "--slices", "-2:", "--device",
+                                    "cpu", "--tile", "32"])
+    assert rc == 0, err
+    assert json.loads(stdout)["shape"] == [2, 32, 32]

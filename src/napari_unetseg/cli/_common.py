@@ -69,6 +69,21 @@ def select_slices(text: str | None, n: int) -> slice | None:
     return slice(r.start, r.stop if r.stop >= 0 else None, r.step)
 
 
+def z_slices(image: np.ndarray, text: str | None, channel_axis: int | None,
+             what: str) -> np.ndarray:
+    """``image`` cut to ``--slices`` along its z axis (the first axis that is not the channel
+    axis); CliError for a 2-D image (``what`` names it)."""
+    if text is None:
+        return image
+    c = None if channel_axis is None else channel_axis % image.ndim
+    if image.ndim - (c is not None) < 3:
+        raise CliError(f"--slices needs a stack (Z, Y, X); {what} is 2-D")
+    z = 1 if c == 0 else 0
+    index = [slice(None)] * image.ndim
+    index[z] = select_slices(text, image.shape[z])
+    return image[tuple(index)]
+
+
 def check_channel_axis(shape: tuple[int, ...], axis: int | None) -> None:
     """``--channel-axis`` must name an axis of the image, as Python indexes it."""
     if axis is not None and not -len(shape) <= axis < len(shape):

@@ -19,7 +19,7 @@ from ._common import (
     interrupted,
     read_image,
     refuse_rgb,
-    select_slices,
+    z_slices,
 )
 
 
@@ -106,10 +106,7 @@ def run(args: argparse.Namespace) -> int:
     check_channel_axis(image.shape, args.channel_axis)
     refuse_rgb(image, args.channel_axis)
     _check_channels(image.shape, args.channel_axis, saved.config.in_channels)
-    if args.slices is not None:
-        if image.ndim - (args.channel_axis is not None) < 3:
-            raise CliError(f"--slices needs a stack (Z, Y, X); {args.image} is 2-D")
-        image = image[select_slices(args.slices, image.shape[0])]
+    image = z_slices(image, args.slices, args.channel_axis, args.image)
     bar = Progress("predict")
     try:
         res = run_prediction(saved, image, cfg,

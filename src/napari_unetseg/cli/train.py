@@ -17,8 +17,8 @@ from ._common import (
     check_output,
     interrupted,
     read_image,
-    select_slices,
     summary,
+    z_slices,
 )
 
 
@@ -50,11 +50,8 @@ def run(args: argparse.Namespace) -> int:
         _check_resume(args, model_cfg)
     image, labels = read_image(args.image), read_image(args.labels)
     check_channel_axis(image.shape, args.channel_axis)
-    if args.slices is not None:
-        if image.ndim - (args.channel_axis is not None) < 3 or labels.ndim < 3:
-            raise CliError("--slices needs a stack (Z, Y, X) image and labels")
-        sl = select_slices(args.slices, image.shape[0])
-        image, labels = image[sl], labels[sl]
+    image = z_slices(image, args.slices, args.channel_axis, args.image)
+    labels = z_slices(labels, args.slices, None, args.labels)
     if not args.resume:
         model_cfg = ModelConfig(
             arch=args.arch or "unet",
