@@ -24,6 +24,7 @@ import torch
 from napari_unetseg import ModelConfig, Normalization, build_model, inference, training
 from napari_unetseg.augment import AugmentConfig
 from napari_unetseg.cli import main
+from napari_unetseg.files import SpecialFileError
 from napari_unetseg.inference import InferenceConfig, predict
 from napari_unetseg.io import ModelFileError, load_model, read_tif, save_model, write_tif
 from napari_unetseg.training import TrainConfig, TrainResult, fit
@@ -98,6 +99,7 @@ def ctx(tmp_path_factory) -> dict[str, Path]:
             np.uint16)),
         "f_huge": _tif(d / "f_huge.tif", (_img((40, 40)) - 0.5) * 2e6),
         "const": _tif(d / "const.tif", np.full((40, 40), 7, np.uint8)),
+        "f_3e38": _tif(d / "f_3e38.tif", np.where(_lab() > 0, 3e38, -3e38).astype(np.float32)),
     }
     return {"dir": d, "m1": m1, "m3": m3, **files, **{
         k: d / f"{k}.unetseg" for k in ("trunc", "pickle", "newer", "folder")}}
@@ -193,7 +195,26 @@ API_ERRORS = [
      "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got 'tpu'"),
     ("predict-device-empty", lambda c: InferenceConfig(device=""), ValueError,
      "device must be .*; got ''"),
+    ("model-is-dev-zero", lambda c: load_model("/dev/zero"), SpecialFileError,
+     "/dev/zero is a character device, not a regular file"),
+    ("tif-is-a-fifo", lambda c: read_tif(_fifo(c)), SpecialFileError, "is a FIFO"),
+    ("save-over-a-fifo", lambda c: write_tif(_fifo(c), _img(), overwrite=True),
+     SpecialFileError, "fifo.tif is a FIFO \\(named pipe\\), not a regular file; refusing"),
+    ("train-float32-3e38", lambda c: _train(np.where(_lab() > 0, 3e38, -3e38).astype(
+        np.float32), _lab()), ValueError, "cannot be normalised"),
+    ("labels-beyond-uint32", lambda c: _train(_img(), _lab().astype(np.uint64) * 2**40,
+                                              labels_mode="dense"),
+     ValueError, "does not fit a label image"),
+    ("normalisation-scale-1e-300", lambda c: Normalization(0.0, 1e300), ValueError,
+     "cannot be applied in float32"),
 ]
+
+
+def _fifo(c) -> Path:
+    path = c["dir"] / "fifo.tif"
+    if not path.exists():
+        os.mkfifo(path)
+    return path
 
 
 @pytest.mark.parametrize(("call", "kind", "pattern"), [pytest.param(*c[1:], id=c[0])
@@ -304,6 +325,17 @@ CLI_ERRORS = [
     ("predict-device-tpu", lambda c: _p(c, "m1", "img", "--device", "tpu"), "'tpu'"),
     ("predict-device-empty", lambda c: _p(c, "m1", "img", "--device", ""), "got ''"),
     ("predict-tile-too-small", lambda c: _p(c, "m1", "img", "--tile", "4"), "tile must be.*>= 8"),
+    ("predict-fifo-output", lambda c: ["predict", c["m1"], c["img"], "-o", _fifo(c),
+                                       "--overwrite"], "is a FIFO .*refusing to write over it"),
+    ("predict-output-is-the-image", lambda c: ["predict", c["m1"], c["img"], "-o", c["img"],
+                                               "--overwrite"], "is the same file as the input"),
+    ("predict-class-with-labels", lambda c: _p(c, "m1", "img", "--class", "1"),
+     "--class applies to --output probabilities or instances"),
+    ("predict-level-on-unet", lambda c: _p(c, "m1", "img", "--level", "2"),
+     "--level applies to UNet\\+\\+ models"),
+    ("predict-slices-reversed", lambda c: _p(c, "m1", "img", "--slices", "1:0"),
+     "reversed range"),
+    ("train-float32-3e38", lambda c: _t(c, "f_3e38", "lab2d"), "cannot be normalised"),
 ]
 
 
