@@ -64,7 +64,8 @@ def one_line(e: BaseException, limit: int = 300) -> str:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), else None."""
+    """Bytes of memory available to a new allocation: Linux's ``MemAvailable``, else the
+    physical memory where the OS says (macOS), else None."""
     try:
         with open("/proc/meminfo", "rb") as fh:
             for line in fh:
@@ -72,7 +73,10 @@ def available_memory() -> int | None:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 # ---------------------------------------------------------------------------- inputs
