@@ -156,3 +156,44 @@ def test_config_round_trip_and_shape_errors():
     image, target, _ = _batch()
     with pytest.raises(ValueError, match="target"):
         augment_batch(image, target[:, :5], config=cfg, generator=_gen())
+
+
+# ------------------------------------------------------------------- transfer augmentation
+
+
+def test_size_returns_the_centre_and_zoom_scales_the_content():
+    image, target, weight = _batch(n=2, h=40, w=40)
+    off = AugmentConfig.off()
+    out_i, out_t, out_w = augment_batch(image, target, weight, config=off, generator=_gen(),
+                                        size=20)
+    assert torch.allclose(out_i, image[..., 10:30, 10:30], atol=1e-5)
+    assert torch.equal(out_t, target[:, 10:30, 10:30])
+    assert torch.allclose(out_w, weight[:, 10:30, 10:30], atol=1e-5)
+    # a vertical stripe 4 px wide in the centre: zoom 2**u changes its width by that factor
+    stripes = torch.zeros(64, 1, 64, 64)
+    stripes[..., 30:34] = 1.0
+    lab = stripes[:, 0].long()
+    zoom = dataclasses.replace(off, zoom=1.0)
+    assert zoom.active
+    _, out_t, _ = augment_batch(stripes, lab, None, config=zoom, generator=_gen(2), size=32)
+    widths = out_t[:, 16].sum(1).float()  # one row across the stripe
+    assert out_t.shape == (64, 32, 32) and widths.min() <= 3 and widths.max() >= 6
+
+
+def test_invert_blur_and_noise_change_only_the_image():
+    image, target, weight = _batch(n=8)
+    inv = dataclasses.replace(AugmentConfig.off(), invert=1.0)
+    out_i, out_t, _ = augment_batch(image, target, weight, config=inv, generator=_gen())
+    assert torch.allclose(out_i, 1 - image) and torch.equal(out_t, target)
+    flat = torch.full((4, 1, 24, 24), 0.3)
+    blur = dataclasses.replace(AugmentConfig.off(), blur=3.0)
+    out_i, out_t, out_w = augment_batch(flat, target[:4], weight[:4], config=blur,
+                                        generator=_gen())
+    assert torch.allclose(out_i, flat, atol=1e-6) and torch.equal(out_t, target[:4])
+    edge = torch.zeros(4, 1, 24, 24)
+    edge[..., 12:] = 1.0
+    out_i, _, _ = augment_batch(edge, target[:4], None, config=blur, generator=_gen())
+    assert out_i[..., 11].max() > 0.05  # the step is smoothed
+    noisy = dataclasses.replace(AugmentConfig.off(), noise=0.5)
+    out_i, out_t, _ = augment_batch(flat, target[:4], None, config=noisy, generator=_gen())
+    assert 0.01 < (out_i - flat).std() < 0.5 and torch.equal(out_t, target[:4])

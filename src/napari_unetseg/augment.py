@@ -4,7 +4,13 @@ Ronneberger et al. (2015, section 3.1) found random elastic deformations the key
 augmentation for training from few annotated EM images: "random displacement vectors on a
 coarse 3 by 3 grid", sampled "from a Gaussian distribution with 10 pixels standard
 deviation", with "per-pixel displacements computed using bicubic interpolation". We add
-the usual flips, 90 degree rotations and image-only brightness/contrast/gamma jitter.
+the usual flips, 90 degree rotations and image-only brightness/contrast/gamma jitter, and,
+for a model meant to transfer to other microscopes (the bundled model), zoom (other pixel
+sizes), contrast inversion, Gaussian blur and noise; these are off by default.
+
+Zoom needs context beyond the patch when it shrinks the content: the trainer then samples
+larger patches (:func:`context_size`) and :func:`augment_batch` returns their centre at the
+training patch size (``size``).
 
 Every random draw uses the ``torch.Generator`` passed in, and no draw needs a host sync
 (per-sample choices are applied with ``torch.where``), so a batch on a GPU is augmented
@@ -21,7 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "augment_batch", "elastic_deform", "random_displacement"]
+__all__ = ["AugmentConfig", "augment_batch", "context_size", "elastic_deform",
+           "random_displacement"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,17 @@ class AugmentConfig:
     gamma : float
         ``x -> x ** g`` on the per-sample min-max range with ``log g`` drawn uniformly from
         ``[-gamma, gamma]``.
+    zoom : float
+        Scale the content by ``2 ** u``, ``u`` uniform in ``[-zoom, zoom]`` (1: from half to
+        twice the size), as another pixel size would.
+    invert : float
+        Probability that a sample's contrast is inverted (``x -> 1 - x`` on the normalised
+        image: bright membranes instead of dark).
+    blur : float
+        Gaussian blur with a standard deviation uniform in ``[0, blur]`` pixels.
+    noise : float
+        Additive Gaussian noise with a standard deviation uniform in ``[0, noise]``
+        (normalised intensities: 1 is the 1-99.8 percentile range).
     """
 
     flip: bool = True
@@ -60,6 +78,10 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     gamma: float = 0.0
+    zoom: float = 0.0
+    invert: float = 0.0
+    blur: float = 0.0
+    noise: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -73,12 +95,14 @@ class AugmentConfig:
     def active(self) -> bool:
         """True when at least one augmentation changes the batch."""
         deform = self.elastic and self.elastic_sigma > 0 and self.elastic_prob > 0
-        return bool(self.flip or self.rot90 or deform or self.intensity)
+        return bool(self.flip or self.rot90 or deform or self.zoom > 0 or self.intensity
+                    or self.blur > 0)
 
     @property
     def intensity(self) -> bool:
         """True when an image-only intensity change is on."""
-        return self.brightness > 0 or self.contrast > 0 or self.gamma > 0
+        return (self.brightness > 0 or self.contrast > 0 or self.gamma > 0 or self.invert > 0
+                or self.noise > 0)
 
     def validate(self) -> None:
         """Raise TypeError/ValueError naming the bad field and the allowed range."""
@@ -94,6 +118,10 @@ class AugmentConfig:
             "brightness": (0.0, 10.0),
             "contrast": (0.0, 1.0),
             "gamma": (0.0, 3.0),
+            "zoom": (0.0, 3.0),
+            "invert": (0.0, 1.0),
+            "blur": (0.0, 20.0),
+            "noise": (0.0, 10.0),
         }
         for name, (lo, hi) in limits.items():
             value = getattr(self, name)
@@ -128,11 +156,19 @@ def random_displacement(
     return disp
 
 
+def context_size(patch: int, config: AugmentConfig) -> int:
+    """Side of the patches to sample so that zooming out by up to ``2 ** -zoom`` finds real
+    image around a ``patch``-sized result (``patch`` when zoom is off)."""
+    return patch if config.zoom <= 0 else int(math.ceil(patch * 2.0**config.zoom))
+
+
 def elastic_deform(
     image: torch.Tensor,
     target: torch.Tensor,
     weight: torch.Tensor | None,
     displacement: torch.Tensor,
+    zoom: torch.Tensor | None = None,
+    size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Warp a batch by a coarse displacement field, upsampled bicubically (U-Net, 3.1).
 
@@ -148,6 +184,11 @@ def elastic_deform(
     displacement : torch.Tensor
         ``(N, 2, g, g)`` displacement in pixels, x then y, at the coarse grid points that
         span the patch corners to corners. Zero gives back the input.
+    zoom : torch.Tensor or None
+        ``(N,)`` scale factors of the content about the patch centre (2: twice as large).
+    size : int or None
+        Side of the result, the centre of the input (default: the input's size); the input
+        around it is the context that zooming out brings in.
 
     Returns
     -------
@@ -155,12 +196,17 @@ def elastic_deform(
     mirrored patch (reflection padding), for the image and labels alike.
     """
     n, _, h, w = image.shape
+    oh, ow = (h, w) if size is None else (size, size)
     dense = F.interpolate(
-        displacement.float(), size=(h, w), mode="bicubic", align_corners=True
+        displacement.float(), size=(oh, ow), mode="bicubic", align_corners=True
     )  # (N, 2, H, W) pixels
-    ys = torch.linspace(-1.0, 1.0, h, device=image.device)
-    xs = torch.linspace(-1.0, 1.0, w, device=image.device)
+    # the output's pixel centres in the input's normalised coordinates (centred crop)
+    ys = torch.linspace(-1.0, 1.0, oh, device=image.device) * ((oh - 1) / max(h - 1, 1))
+    xs = torch.linspace(-1.0, 1.0, ow, device=image.device) * ((ow - 1) / max(w - 1, 1))
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    if zoom is not None:
+        inv = (1.0 / zoom.float()).view(-1, 1, 1)
+        gy, gx = gy * inv, gx * inv
     # pixels -> normalised coordinates with python scalars: no host-to-device copy (sync)
     grid = torch.stack(
         (gx + dense[:, 0] * (2.0 / max(w - 1, 1)), gy + dense[:, 1] * (2.0 / max(h - 1, 1))),
@@ -217,6 +263,9 @@ def _intensity(
     def uniform(half: float) -> torch.Tensor:
         return (torch.rand(shape, generator=generator, device=device) * 2 - 1) * half
 
+    if config.invert > 0:
+        flip = torch.rand(n, generator=generator, device=device) < config.invert
+        image = _select(flip, 1.0 - image, image)
     if config.gamma > 0:
         lo = image.amin(dim=(1, 2, 3), keepdim=True)
         span = (image.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-6)
@@ -227,7 +276,29 @@ def _intensity(
         image = (image - mean) * (1 + uniform(config.contrast)) + mean
     if config.brightness > 0:
         image = image + uniform(config.brightness)
+    if config.noise > 0:
+        std = torch.rand(shape, generator=generator, device=device) * config.noise
+        image = image + std * torch.randn(image.shape, generator=generator, device=device)
     return image
+
+
+def _blur(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator
+          ) -> torch.Tensor:
+    """Separable Gaussian blur of each sample with its own sigma, uniform in [0, blur]."""
+    n, c, h, w = image.shape
+    radius = min(int(math.ceil(3 * config.blur)), (min(h, w) - 1) // 2)
+    if radius < 1:
+        return image
+    sigma = torch.rand((n, 1), generator=generator, device=image.device) * config.blur
+    x = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
+    k = torch.exp(-0.5 * (x / sigma.clamp_min(1e-3)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (N*C, 2r+1)
+    flat = image.reshape(1, n * c, h, w)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"),
+                    k.view(n * c, 1, 1, -1), groups=n * c)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"),
+                    k.view(n * c, 1, -1, 1), groups=n * c)
+    return flat.view(n, c, h, w)
 
 
 def augment_batch(
@@ -237,8 +308,10 @@ def augment_batch(
     *,
     config: AugmentConfig,
     generator: torch.Generator,
+    size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Augment a training batch: flips/rot90, elastic deformation, intensity jitter.
+    """Augment a training batch: flips/rot90, zoom and elastic deformation, blur, intensity
+    jitter and noise.
 
     Parameters
     ----------
@@ -253,6 +326,9 @@ def augment_batch(
     generator : torch.Generator
         Source of randomness, on the device of ``image``; a seeded generator gives the
         same batch every time.
+    size : int or None
+        Return the centre ``size x size`` of the (zoomed, deformed) batch; the input around
+        it is context (see :func:`context_size`). Default: the input's size.
 
     Returns
     -------
@@ -267,9 +343,18 @@ def augment_batch(
         raise ValueError(f"weight shape {tuple(weight.shape)} != target {tuple(target.shape)}")
     if config.flip or config.rot90:
         image, target, weight = _dihedral([image, target, weight], config, generator)
-    if config.elastic and config.elastic_sigma > 0 and config.elastic_prob > 0:
-        disp = random_displacement(image.shape[0], config, generator, image.device)
-        image, target, weight = elastic_deform(image, target, weight, disp)
+    n, device = image.shape[0], image.device
+    deform = config.elastic and config.elastic_sigma > 0 and config.elastic_prob > 0
+    zoom = None
+    if config.zoom > 0:
+        u = torch.rand(n, generator=generator, device=device) * 2 - 1
+        zoom = torch.exp2(u * config.zoom)
+    if deform or zoom is not None or (size is not None and size != image.shape[-1]):
+        disp = (random_displacement(n, config, generator, device) if deform
+                else torch.zeros((n, 2, 2, 2), device=device))
+        image, target, weight = elastic_deform(image, target, weight, disp, zoom, size)
+    if config.blur > 0:
+        image = _blur(image, config, generator)
     if config.intensity:
         image = _intensity(image, config, generator)
     return image, target, weight

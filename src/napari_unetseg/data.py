@@ -13,6 +13,11 @@ Three kinds of labels are understood (``labels_mode``):
     Every object has its own id (0 = background): the foreground/background target and the
     U-Net weight map (Ronneberger 2015, eq. 2) are computed per slice, once. Slices without
     any object are taken as not annotated.
+
+Validation holds out whole *strokes* of sparse labels (connected painted pixels of one class
+in one slice), a share of each class's painted pixels, so that a few strokes on one or two
+slices still leave strokes to train on and strokes to check against. Dense and instance
+labels (and strokes too few to split) hold out whole slices, or blocks of one labelled slice.
 """
 
 from __future__ import annotations
@@ -182,10 +187,50 @@ def _block_split(target: np.ndarray, fraction: float, rng: np.random.Generator) 
     return mask
 
 
+def _stroke_split(target: np.ndarray, fraction: float, rng: np.random.Generator
+                  ) -> np.ndarray | None:
+    """Boolean mask of whole strokes holding about ``fraction`` of each class's labelled pixels.
+
+    A stroke is an 8-connected component of one class in one slice. Each class keeps at least
+    one stroke for training and gives at least one to validation; None when a class has fewer
+    than two strokes.
+    """
+    from scipy import ndimage as ndi
+
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = True  # connected within a slice only
+    mask = np.zeros(target.shape, bool)
+    for c in sorted(_classes(target)):
+        comp, n = ndi.label(target == c, structure=structure)
+        if n < 2:
+            return None
+        sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
+        goal = fraction * sizes.sum()
+        held: list[int] = []
+        taken = 0
+        for k in rng.permutation(n):
+            if taken >= goal or len(held) == n - 1:
+                break
+            if taken + sizes[k] <= 2 * goal:  # skip a stroke that would overshoot by far
+                held.append(int(k))
+                taken += sizes[k]
+        if not held:  # every stroke is large: hold out the smallest
+            held = [int(np.argmin(sizes))]
+        mask |= np.isin(comp, np.asarray(held) + 1)
+    return mask
+
+
 def _split(
-    target: np.ndarray, val_fraction: float, val_slices: Any, rng: np.random.Generator
+    target: np.ndarray, val_fraction: float, val_slices: Any, rng: np.random.Generator,
+    strokes: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Hold out whole slices (stacks) or blocks of labelled pixels (one labelled slice)."""
+    """Hold out whole strokes (``strokes``: sparse labels), whole slices (stacks) or blocks of
+    labelled pixels (one labelled slice)."""
+    if strokes and val_slices is None and val_fraction > 0:
+        held = _stroke_split(target, val_fraction, rng)
+        if held is not None:
+            return (np.where(held, IGNORE, target).astype(np.int16),
+                    np.where(held, target, IGNORE).astype(np.int16))
     labeled = [i for i in range(len(target)) if (target[i] >= 0).any()]
     all_classes = _classes(target)
     if val_slices is not None:
@@ -263,8 +308,10 @@ def prepare_data(
     channel_axis : int or None
         Axis of the image holding channels.
     val_fraction : float
-        Fraction held out for validation: whole labelled slices of a stack, or blocks of the
-        labelled pixels when only one slice is labelled. 0 disables validation.
+        Fraction held out for validation: whole strokes of sparse labels (about this share of
+        each class's painted pixels, see the module docstring), whole labelled slices of a
+        stack, or blocks of the labelled pixels when only one slice is labelled. 0 disables
+        validation.
     val_slices : sequence of int or None
         Explicit validation slices (overrides ``val_fraction``).
     min_size : int
@@ -300,7 +347,7 @@ def prepare_data(
         raise ValueError(f"labels hold a single class ({labels_mode} values "
                          f"{np.unique(lab).tolist()}); training needs at least two")
     rng = np.random.default_rng(seed)
-    train, val = _split(target, val_fraction, val_slices, rng)
+    train, val = _split(target, val_fraction, val_slices, rng, strokes=labels_mode == "sparse")
     train_slices = tuple(i for i in range(len(train)) if (train[i] >= 0).any())
     val_slices_out = () if val is None else tuple(
         i for i in range(len(val)) if (val[i] >= 0).any())
@@ -382,7 +429,8 @@ def relabel(
     if len(_classes(target)) < 2:
         raise ValueError(f"labels hold a single class ({data.labels_mode} values "
                          f"{np.unique(lab).tolist()}); training needs at least two")
-    train, val = _split(target, val_fraction, val_slices, np.random.default_rng(seed))
+    train, val = _split(target, val_fraction, val_slices, np.random.default_rng(seed),
+                        strokes=data.labels_mode == "sparse")
     return replace(
         data,
         train_target=_pad(train, size, m, "constant", IGNORE),

@@ -87,8 +87,12 @@ def save_model(
     class_names: list[str] | None = None,
     metadata: dict[str, Any] | None = None,
     overwrite: bool = False,
+    float16: bool = False,
 ) -> Path:
     """Write ``model`` (a network from :func:`napari_unetseg.build_model`) to a model file.
+
+    ``float16`` stores the floating-point tensors in half precision (half the size, as the
+    bundled model is shipped); :func:`load_model` restores float32.
 
     Raises
     ------
@@ -114,6 +118,11 @@ def save_model(
             f"got {len(values)} values and {len(names)} names"
         )
     state = {name: t.detach().cpu() for name, t in model.state_dict().items()}
+    if float16:
+        state = {k: t.half() if t.is_floating_point() else t for k, t in state.items()}
+        bad = [k for k, t in state.items() if t.is_floating_point() and not t.isfinite().all()]
+        if bad:
+            raise ValueError(f"tensors {bad} do not fit in float16; save with float16=False")
     header = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -352,7 +361,7 @@ def _read_npy(data: bytes, shape: tuple[int, ...], what: str) -> np.ndarray:
 def _to_numpy(tensor: Any) -> np.ndarray:
     import torch
 
-    if tensor.dtype in (torch.bfloat16, torch.float16):
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
         tensor = tensor.float()
     return tensor.numpy()
 

@@ -13,6 +13,8 @@ accelerator the check would cost a host sync per step, so validate targets upstr
 - :func:`bce_dice_loss`: per-class binary cross-entropy plus soft Dice, the UNet++ loss
   (Zhou et al. 2018, eq. 1), taken on softmax probabilities.
 - :class:`DeepSupervisionLoss`: a weighted sum over the UNet++ heads X(0,1..L).
+- :func:`consistency_loss`: agreement with a teacher's predictions on the unlabelled pixels
+  (fine-tuning from a pretrained model keeps what it knows where nothing is painted).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "soft_dice_loss",
     "bce_dice_loss",
     "DeepSupervisionLoss",
+    "consistency_loss",
     "make_loss",
     "LOSSES",
 ]
@@ -310,6 +313,32 @@ class DeepSupervisionLoss:
             term = a * self.base_loss(logits, target, weight)
             total = term if total is None else total + term
         return total
+
+
+def consistency_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+    ignore_index: int = -1,
+) -> torch.Tensor:
+    """KL divergence of the student's softmax from the teacher's, on unlabelled pixels.
+
+    ``mean over pixels with target == ignore_index of KL(softmax(teacher) || softmax(logits))``:
+    0 where the two predict the same distribution, positive elsewhere; the teacher gets no
+    gradient. Painted pixels are left to the supervised loss.
+
+    Parameters
+    ----------
+    logits, teacher_logits : Tensor, float, shape (N, K, H, W)
+    target : Tensor, long, shape (N, H, W)
+        Pixels equal to ``ignore_index`` are the ones compared.
+    """
+    _check_inputs(logits, target, None, ignore_index)
+    if teacher_logits.shape != logits.shape:
+        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} differ from the "
+                         f"logits {tuple(logits.shape)}")
+    teacher = F.log_softmax(teacher_logits.detach().float(), dim=1)
+    kl = F.kl_div(F.log_softmax(logits.float(), dim=1), teacher, reduction="none",
+                  log_target=True).sum(1)
+    return _mean_over(kl, target == ignore_index)
 
 
 LOSSES = ("wce", "ce", "dice", "bce_dice")

@@ -27,6 +27,7 @@ _NUMBERS = {  # name: (lo, hi, integer)
     "val_every": (1, 10_000_000, True), "val_patches": (1, 100_000, True),
     "log_every": (1, 100_000, True), "seed": (0, 2**63 - 1, True),
     "w0": (0.0, 1e3, False), "sigma": (1e-3, 1e3, False),
+    "patience": (0, 10_000_000, True), "consistency": (0.0, 1e3, False),
 }
 
 
@@ -67,6 +68,13 @@ class TrainConfig:
         UNet++ deep-supervision weight of each head (None: equal).
     w0, sigma : float
         U-Net weight map (instances mode), Ronneberger et al. (2015), eq. 2.
+    patience : int
+        Stop after this many validations in a row without a better validation Dice (the
+        best weights are kept); 0: never stop early.
+    consistency : float
+        Training from an ``init`` model with the same classes: weight of the KL term that
+        keeps the predictions on unlabelled pixels close to the starting model's
+        (:func:`napari_unetseg.losses.consistency_loss`); 0: off.
     """
 
     iterations: int = 2000
@@ -90,6 +98,8 @@ class TrainConfig:
     w0: float = 10.0
     sigma: float = 5.0
     time_budget_s: float | None = None
+    patience: int = 0
+    consistency: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("val_slices", "ds_weights"):  # accept lists (e.g. from JSON)

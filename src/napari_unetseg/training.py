@@ -11,6 +11,12 @@ Host syncs on CUDA: the per-step losses stay on the device and are read in one t
 every ``log_every`` steps (or every 0.5 s, or at validation), so the events of such a window
 are yielded together; ``stop`` is still called before every step.
 
+Training may start from another model's weights (``init``: the bundled model, a model file;
+see :mod:`napari_unetseg.finetune`): the starting weights are validated before the first step
+and compete for "best", so fine-tuning never returns a model worse on validation than where it
+started; ``consistency`` keeps the predictions on unpainted pixels close to the starting
+model's, and ``patience`` stops when validation no longer improves.
+
 Out of CUDA memory, a training step is retried (same step) with half the batch, down to one
 patch, and validation runs its fixed patches in halved chunks; the batch used is logged,
 reported in the events' rate and in ``metadata["batch_size_used"]``.
@@ -22,8 +28,10 @@ weights are finite).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -32,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .augment import augment_batch
+from .augment import augment_batch, context_size
 from .config import ModelConfig
 from .data import TrainingData, prepare_data, relabel
 from .devices import drain, resolve_device
@@ -75,6 +83,11 @@ class _Setup:
     val_batch: int  # patches per validation forward; halved on CUDA OOM
     inbox: LabelsInbox = field(default_factory=lambda: LabelsInbox(()))  # labels painted live
     clock: Callable[[], float] | None = None  # time source of the budget (None: perf_counter)
+    warm: bool = False  # starts from given weights (resume or init): validate them first
+    init: dict[str, Any] | None = None  # metadata of the init: name, fresh tensors, ...
+    teacher: torch.nn.Module | None = None  # frozen starting model (consistency term)
+    best: dict[str, Any] = field(default_factory=lambda: {"dice": -1.0, "step": 0,
+                                                          "state": None})
 
 
 def _initial_model(
@@ -143,6 +156,7 @@ def train(
     resume: Any = None,
     stop: Callable[[], bool] | None = None,
     clock: Callable[[], float] | None = None,
+    init: Any = None,
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Check the inputs, then return the training generator.
 
@@ -165,6 +179,11 @@ def train(
     clock : callable or None
         Seconds for ``time_budget_s`` and the events' ``elapsed_s`` (None: wall clock,
         ``time.perf_counter``); e.g. process CPU time per thread to budget on a shared machine.
+    init : "scratch", "bundled", a model file path, SavedModel, TrainResult or None
+        Start from this model's weights (:func:`napari_unetseg.finetune.resolve_init`);
+        ``model_config`` must be its architecture, ``classes`` may differ (the output head
+        is then new). Unlike ``resume``, the normalisation is fitted on ``image`` and the
+        head's classes are put in the order of the labels (by agreement with them).
 
     Returns
     -------
@@ -183,7 +202,17 @@ def train(
     if not isinstance(model_config, ModelConfig):
         raise TypeError(f"model_config must be a ModelConfig, got {type(model_config).__name__}")
     device = resolve_device(cfg.device)
+    if resume is not None and init is not None:
+        raise ValueError("pass either resume (continue a training) or init (start from a "
+                         "model), not both")
+    from .finetune import load_weights, resolve_init
+
+    source = resolve_init(init)
     model, norm, resumed_values = _initial_model(model_config, resume, cfg.seed)
+    start = None
+    if source is not None:
+        start = {"init": str(init) if isinstance(init, (str, os.PathLike))
+                 else type(init).__name__, "init_fresh": load_weights(model, source)}
     patch, margin = _geometry(model, cfg.patch_size)
     data = prepare_data(
         image, labels, labels_mode=labels_mode, channel_axis=channel_axis,
@@ -201,7 +230,8 @@ def train(
                          f"give {data.class_values}")
     crit = _criterion(cfg, model_config)
     setup = _Setup(model, model_config, data, cfg, device, crit, patch, margin, stop,
-                   cfg.batch_size, cfg.batch_size, LabelsInbox(np.shape(labels)), clock)
+                   cfg.batch_size, cfg.batch_size, LabelsInbox(np.shape(labels)), clock,
+                   warm=resume is not None or start is not None, init=start)
     return TrainRun(setup)
 
 
@@ -234,6 +264,12 @@ class TrainRun(Generator):
     @property
     def device(self) -> torch.device:
         return self._setup.device
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The best weights so far: ``{"dice", "step", "state"}`` (``state``: a CPU state
+        dict, None before the first validation; step 0 is the starting weights)."""
+        return self._setup.best
 
     @property
     def data(self) -> TrainingData:
@@ -280,13 +316,14 @@ def fit(
     stop: Callable[[], bool] | None = None,
     on_event: Callable[[TrainEvent], None] | None = None,
     clock: Callable[[], float] | None = None,
+    init: Any = None,
 ) -> TrainResult:
     """Run :func:`train` to the end and return its :class:`TrainResult`.
 
     Same parameters as :func:`train`, plus ``on_event`` called with every event.
     """
     gen = train(image, labels, model_config, train_config, labels_mode=labels_mode,
-                channel_axis=channel_axis, resume=resume, stop=stop, clock=clock)
+                channel_axis=channel_axis, resume=resume, stop=stop, clock=clock, init=init)
     return drain(gen, on_event)
 
 
@@ -307,15 +344,20 @@ def _lr_factor(schedule: str) -> Callable[[float], float]:
     return lambda f: 1.0
 
 
-def _forward(s: _Setup, img: torch.Tensor) -> Any:
+def _forward(s: _Setup, img: torch.Tensor, model: torch.nn.Module | None = None) -> Any:
     """Logits, or the list of head logits for deep supervision, under bf16 autocast on CUDA."""
+    model = s.model if model is None else model
     amp = s.cfg.amp and s.device.type == "cuda"
     ds = s.model_config.arch == "unetpp" and s.model_config.deep_supervision
     if s.device.type in ("cuda", "cpu"):  # channels_last: ~20 % faster steps on an H100,
         img = img.contiguous(memory_format=torch.channels_last)  # ~30 % on a 2-core CPU
     with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=amp):
-        out = s.model(img, level="all") if ds else s.model(img)
+        out = model(img, level="all") if ds else model(img)
     return [o.float() for o in out] if isinstance(out, list) else out.float()
+
+
+def _mean_logits(out: Any) -> torch.Tensor:
+    return torch.stack(out).mean(0) if isinstance(out, list) else out
 
 
 def _crop(t: torch.Tensor | None, m: int) -> torch.Tensor | None:
@@ -362,8 +404,7 @@ def _val_sums(s: _Setup, batches: list, n: int) -> tuple[torch.Tensor, torch.Ten
             out = _forward(s, img)
             part = s.criterion(out, tgt, wgt)
             loss += part * (keep.sum() / labelled) if split else part
-            logits = torch.stack(out).mean(0) if isinstance(out, list) else out
-            pairs = tgt[keep] * k + logits.argmax(1)[keep]
+            pairs = tgt[keep] * k + _mean_logits(out).argmax(1)[keep]
             conf += torch.bincount(pairs, minlength=k * k).double()
     return conf, loss
 
@@ -392,9 +433,18 @@ def _step(s: _Setup, sampler: PatchSampler, gen: torch.Generator, opt, n: int) -
     # zeroing first also drops the gradients of an attempt that ran out of memory
     opt.zero_grad(set_to_none=True)
     img, tgt, wgt = sampler.sample(n)
-    if s.cfg.augment.active:
-        img, tgt, wgt = augment_batch(img, tgt, wgt, config=s.cfg.augment, generator=gen)
-    loss = s.criterion(_forward(s, img), _crop(tgt, s.margin), _crop(wgt, s.margin))
+    if s.cfg.augment.active:  # zoom samples context around the patch: return its centre
+        size = s.patch if sampler.patch != s.patch else None
+        img, tgt, wgt = augment_batch(img, tgt, wgt, config=s.cfg.augment, generator=gen,
+                                      size=size)
+    out, tgt = _forward(s, img), _crop(tgt, s.margin)
+    loss = s.criterion(out, tgt, _crop(wgt, s.margin))
+    if s.teacher is not None:
+        from .losses import consistency_loss
+
+        with torch.no_grad():
+            taught = _mean_logits(_forward(s, img, s.teacher))
+        loss = loss + s.cfg.consistency * consistency_loss(_mean_logits(out), taught, tgt)
     loss.backward()
     opt.step()
     return loss.detach()
@@ -439,6 +489,20 @@ def _relabel(s: _Setup) -> bool:
     return True
 
 
+def _samplers(s: _Setup) -> tuple[PatchSampler, list]:
+    """The training patch sampler and the validation batches of ``s.data``.
+
+    With zoom augmentation the training patches carry context around the patch size (see
+    :func:`~napari_unetseg.augment.context_size`); validation patches have the patch size.
+    """
+    cfg = s.cfg
+    context = min(context_size(s.patch, cfg.augment), *s.data.image.shape[-2:])
+    size = context if cfg.augment.active else s.patch
+    sampler = PatchSampler(s.data, size, s.device, seed=cfg.seed)
+    val = sampler if size == s.patch else PatchSampler(s.data, s.patch, s.device, seed=cfg.seed)
+    return sampler, val.validation_batches(cfg.batch_size, cfg.val_patches)
+
+
 def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     cfg, model = s.cfg, s.model
     model.to(s.device).train()
@@ -447,26 +511,39 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     opt = _optimizer(model, cfg, s.device)
     factor = _lr_factor(cfg.schedule)
     budget = cfg.time_budget_s
-    sampler = PatchSampler(s.data, s.patch, s.device, seed=cfg.seed)
-    val_batches = sampler.validation_batches(cfg.batch_size, cfg.val_patches)
+    sampler, val_batches = _samplers(s)
     s.val_batch = max((len(b[0]) for b in val_batches), default=1)
     gen = torch.Generator(s.device).manual_seed(cfg.seed + 1)
     history: list[dict[str, Any]] = []
     pending: list[tuple[int, torch.Tensor, float, int, int]] = []
-    best: dict[str, Any] = {"dice": -1.0, "step": 0, "state": None}
+    best = s.best
+    if s.init is not None:
+        _start_from_init(s)
+
+    def keep_if_best(val: tuple[float, float], step: int) -> bool:
+        if not (val[1] > best["dice"] and math.isfinite(val[0])):
+            return False
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        best.update(dice=val[1], step=step, state=state)
+        return True
+
+    if s.warm and val_batches:  # the starting weights compete for "best"
+        start = _evaluate(s, val_batches)
+        best["start_dice"] = start[1]
+        keep_if_best(start, 0)
     good: dict[str, Any] = {"step": 0, "state": None}  # the last weights known to be finite
     _keep_if_finite(model, good, 0)
     t0 = t_flush = time.perf_counter()
     c0 = t0 if s.clock is None else s.clock()
-    step, seen, stopped, timeout = 0, 0, False, False
-    while step < cfg.iterations and not (stopped or timeout):
+    step, seen, stopped, timeout, stale, early = 0, 0, False, False, 0, False
+    while step < cfg.iterations and not (stopped or timeout or early):
         stopped = s.stop is not None and bool(s.stop())
         if not stopped and s.inbox.waiting and _relabel(s):  # new strokes: sample from them
             positions = sampler.generator  # the random stream goes on
-            sampler = PatchSampler(s.data, s.patch, s.device, seed=cfg.seed)
+            sampler, val_batches = _samplers(s)
             sampler.generator = positions
-            val_batches = sampler.validation_batches(cfg.batch_size, cfg.val_patches)
             best.update(dice=-1.0, step=step, state=None)
+            stale = 0
         if budget is not None:
             used = (time.perf_counter() if s.clock is None else s.clock()) - c0
             timeout = step > 0 and used >= budget
@@ -484,10 +561,9 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
         val = None
         if val_batches and not stopped and (step % cfg.val_every == 0 or last):
             val = _evaluate(s, val_batches)
-            if val[1] > best["dice"] and math.isfinite(val[0]):
-                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                best.update(dice=val[1], step=step, state=state)
-        due = len(pending) >= cfg.log_every or val or last or stopped
+            stale = 0 if keep_if_best(val, step) else stale + 1
+            early = bool(cfg.patience) and stale >= cfg.patience
+        due = len(pending) >= cfg.log_every or val or last or stopped or early
         if pending and (due or time.perf_counter() - t_flush > _FLUSH_S):
             now = time.perf_counter()
             elapsed = now - t0 if s.clock is None else s.clock() - c0
@@ -500,7 +576,29 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
                 yield ev
             _keep_if_finite(model, good, step)
             t_flush = time.perf_counter()
-    return _result(s, history, best, step, seen, time.perf_counter() - t0, stopped, timeout)
+    result = _result(s, history, best, step, seen, time.perf_counter() - t0, stopped, timeout)
+    result.metadata["early_stopped"] = early
+    if "start_dice" in best:
+        result.metadata["start_val_dice"] = best["start_dice"]
+    return result
+
+
+def _start_from_init(s: _Setup) -> None:
+    """Order the init model's classes as the labels', and make the teacher (consistency).
+
+    With a new output head (another class count) there is nothing to order or to keep.
+    """
+    from .finetune import match_classes
+
+    if s.init["init_fresh"]:
+        return
+    probe = PatchSampler(s.data, s.patch, s.device, seed=s.cfg.seed + 2)
+    img, tgt, _ = probe.sample(min(16, 4 * s.cfg.batch_size))
+    perm, agreement = match_classes(s.model, img, _crop(tgt, s.margin))
+    s.init.update(init_class_order=perm, init_agreement=agreement)
+    if s.cfg.consistency > 0:  # in train mode as the student: the same batch statistics,
+        # so the term is 0 until the weights move (its own running statistics go unused)
+        s.teacher = copy.deepcopy(s.model).train().requires_grad_(False)
 
 
 def _keep_if_finite(model: torch.nn.Module, good: dict[str, Any], step: int) -> None:
@@ -548,7 +646,7 @@ def _result(s: _Setup, history: list, best: dict, steps: int, seen: int, seconds
         "class_values": list(d.class_values), "patch": s.patch, "margin": s.margin,
         "train_slices": list(d.train_slices), "val_slices": list(d.val_slices),
         "labels_updates": s.inbox.version,
-        "train_config": s.cfg.to_dict(),
+        "train_config": s.cfg.to_dict(), **(s.init or {}),
     }
     return TrainResult(model, s.model_config, d.normalization, d.class_values, history, meta)
 

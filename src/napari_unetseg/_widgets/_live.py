@@ -86,10 +86,11 @@ class LiveTraining:
 
     def __init__(self, image: np.ndarray, labels: np.ndarray, model_config: Any,
                  train_config: Any, mode: str, *, stop: Callable[[], bool], every_s: float,
-                 where: Callable[[], int]) -> None:
+                 where: Callable[[], int], init: Any = None) -> None:
         self.image, self._labels = image, labels
         self.model_config, self.train_config, self.mode = model_config, train_config, mode
         self.stop, self.every_s, self.where = stop, float(every_s), where
+        self.init = init  # where training starts (``init`` of train)
         self.run: TrainRun | None = None
         self._lock = threading.Lock()
         self._early: np.ndarray | None = None  # painted before the run existed
@@ -106,7 +107,7 @@ class LiveTraining:
 
     def _start(self) -> TrainRun:
         gen = train(self.image, self._labels, self.model_config, self.train_config,
-                    labels_mode=self.mode, stop=self.stop)
+                    labels_mode=self.mode, stop=self.stop, init=self.init)
         with self._lock:
             self.run, early, self._early = gen, self._early, None
         if early is not None:

@@ -24,7 +24,7 @@ from ..training import TrainConfig
 from ._common import available_devices
 from ._live import PREVIEW_S
 
-__all__ = ["ARCHS", "LABELS_MODES", "PRESETS", "TrainForm"]
+__all__ = ["ARCHS", "LABELS_MODES", "PRESETS", "STARTS", "TrainForm"]
 
 #: Shown name -> ``ModelConfig.arch``.
 ARCHS = {"U-Net": "unet", "UNet++": "unetpp", "ResUNet": "resunet"}
@@ -33,6 +33,13 @@ LABELS_MODES = {
     "sparse scribbles (0 = unlabeled)": "sparse",
     "dense (every value is a class)": "dense",
     "instances (U-Net weight map)": "instances",
+}
+#: Shown name -> where training starts (``init`` of :func:`napari_unetseg.training.train`;
+#: "current": the viewer's model, loaded or trained before).
+STARTS = {
+    "scratch (random weights)": "scratch",
+    "bundled EM membranes": "bundled",
+    "current model (loaded or trained)": "current",
 }
 #: Preset -> field values it sets. "paper": Ronneberger et al. (2015) width 64, depth 4.
 def _form_values(name: str) -> dict[str, int]:
@@ -64,6 +71,12 @@ class TrainForm(QWidget):
         super().__init__(parent)
         self.labels_mode = QComboBox()
         self.labels_mode.addItems(list(LABELS_MODES))
+        self.start_from = QComboBox()
+        self.start_from.addItems(list(STARTS))
+        self.start_from.setToolTip(
+            "scratch: random weights; bundled: the pretrained EM membrane model; current: the "
+            "model in the viewer. From a model, the network is that model's (depth and width "
+            "do not apply) and another class count gets a new output layer")
         self.arch = QComboBox()
         self.arch.addItems(list(ARCHS))
         self.preset = QComboBox()
@@ -100,6 +113,7 @@ class TrainForm(QWidget):
     def _layout(self) -> None:
         top = QFormLayout()
         top.addRow("labels are", self.labels_mode)
+        top.addRow("start from", self.start_from)
         top.addRow("architecture", self.arch)
         top.addRow("preset", self.preset)
         adv = QFormLayout()
@@ -140,6 +154,10 @@ class TrainForm(QWidget):
             self.preset.blockSignals(True)
             self.preset.setCurrentText(CUSTOM)
             self.preset.blockSignals(False)
+
+    def init(self) -> str:
+        """Where training starts: ``"scratch"``, ``"bundled"`` or ``"current"``."""
+        return STARTS[self.start_from.currentText()]
 
     def mode(self) -> str:
         """The chosen ``labels_mode``."""

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..bundled import load_bundled, normalization_for
 from ..inference import InferenceConfig, SegmentResult, segment
 from . import _common, _files
 from ._common import LayerPicker, current_index, find_output, put_output
@@ -61,6 +62,10 @@ class SegmentWidget(QWidget):
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
         self.load_button = QPushButton("Load model…")
+        self.bundled_button = QPushButton("Use bundled EM membranes")
+        self.bundled_button.setToolTip(
+            "the pretrained EM membrane model shipped with napari-unetseg (ISBI 2012, "
+            "non-commercial terms): segments membranes with no training")
         self.image_picker = LayerPicker(napari_viewer, Image, exclude_marked=True)
         self.scope = QComboBox()
         self.scope.addItems(list(SCOPES))
@@ -101,6 +106,7 @@ class SegmentWidget(QWidget):
         self.status = _common.status_label()
         self._layout()
         self.load_button.clicked.connect(self.load_model)
+        self.bundled_button.clicked.connect(self.use_bundled)
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
         self.subscriptions.connect(self.store.model_changed, self._model_changed)
@@ -125,7 +131,10 @@ class SegmentWidget(QWidget):
         run.addWidget(self.cancel_button)
         box = scroll_body(self)
         box.addWidget(self.model_label)
-        box.addWidget(self.load_button)
+        models = QHBoxLayout()
+        models.addWidget(self.load_button)
+        models.addWidget(self.bundled_button)
+        box.addLayout(models)
         box.addLayout(form)
         box.addLayout(run)
         box.addWidget(self.status)
@@ -166,6 +175,16 @@ class SegmentWidget(QWidget):
     def load_model(self) -> Any:
         """Load model…: read a model file and make it the viewer's model."""
         return _files.load_with_dialog(self, self.store)
+
+    def use_bundled(self) -> Any:
+        """Make the bundled EM membrane model the viewer's model (no training needed)."""
+        try:
+            saved = load_bundled()
+        except (OSError, ValueError) as e:
+            _common.error(f"Segment: {e}")
+            return None
+        self.store.set_model(saved, "bundled EM membranes, no training")
+        return saved
 
     # ------------------------------------------------------------------ running
 
@@ -224,8 +243,8 @@ class SegmentWidget(QWidget):
 
             def on_result(res: SegmentResult) -> None:
                 self._write(res, image, saved, z if one else None, n)
-        gen = segment(saved.model, image.data, normalization=saved.normalization, config=config,
-                      slices=slices, out=out)
+        gen = segment(saved.model, image.data, normalization=normalization_for(saved, image.data),
+                      config=config, slices=slices, out=out)
         self.job = Job(gen, "Segmentation", total=0, on_event=self._on_event,
                        on_result=on_result, on_finished=self._on_finished, owner=self)
         self._set_running(True)

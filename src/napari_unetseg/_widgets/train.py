@@ -20,6 +20,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QPushButton, QWidget
 
+from ..finetune import config_for, resolve_init
 from ..io import SavedModel
 from ..training import TrainResult
 from . import _ask, _common, _files
@@ -184,9 +185,11 @@ class TrainWidget(QWidget):
             return None
         image, labels, classes = checked
         try:
-            model_cfg = self.form.model_config(classes)
+            init = self._init()
+            model_cfg = (self.form.model_config(classes) if init is None
+                         else config_for(init, classes))
             train_cfg = self.form.train_config()
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, OSError) as e:
             _common.error(f"Train: {e}", self)
             return None
         self._stop = False
@@ -199,7 +202,7 @@ class TrainWidget(QWidget):
         self.live = LiveTraining(
             np.asarray(image.data), np.array(labels.data), model_cfg, train_cfg,
             self.form.mode(), stop=lambda: self._stop, every_s=self.form.preview_every.value(),
-            where=lambda: self._preview_z,
+            where=lambda: self._preview_z, init=init,
         )
         self.feed.watch(labels)
         self._note = ""
@@ -209,6 +212,16 @@ class TrainWidget(QWidget):
         self._set_running(True)
         self.status.setText("preparing the data…")
         return self.job.start()
+
+    def _init(self) -> Any:
+        """The model training starts from (None: scratch); ValueError when there is none."""
+        choice = self.form.init()
+        if choice == "current":
+            if self.store.saved is None:
+                raise ValueError("no current model to start from; load or train one, or "
+                                 "start from scratch or the bundled model")
+            return self.store.saved
+        return resolve_init(choice)
 
     def cancel(self) -> None:
         """Stop training after the current step; the best model so far is kept."""

@@ -91,19 +91,30 @@ def _check_class(args: argparse.Namespace, saved: Any) -> None:
         raise CliError(f"--class must be in 0..{saved.config.classes - 1}, got {k}")
 
 
+def load_for(name: str) -> Any:
+    """The model ``name``: a file, or "bundled" for the bundled model when no file of that
+    name exists."""
+    from ..bundled import BUNDLED, load_bundled
+    from ..io import load_model
+
+    return load_bundled() if name == BUNDLED and not Path(name).exists() else load_model(name)
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..io import load_model, write_tif
+    from ..bundled import for_image
+    from ..io import write_tif
 
     if args.scheduler or _is_zarr(args.output):
         return _predict_zarr(args)
     _check_kind(args, zarr=False)
     out = Path(args.output)
     check_output(out, args.overwrite, (args.model, args.image))
-    saved = load_model(args.model)
+    saved = load_for(args.model)
     cfg = _inference_config(args, saved)
     _check_class(args, saved)
     image = read_image(args.image)
     check_channel_axis(image.shape, args.channel_axis)
+    saved = for_image(saved, image)  # the bundled model: percentiles of this image
     refuse_rgb(image, args.channel_axis)
     _check_channels(image.shape, args.channel_axis, saved.config.in_channels)
     image = z_slices(image, args.slices, args.channel_axis, args.image)
@@ -154,18 +165,23 @@ def _parse_block(text: str | None) -> tuple[int, int, int] | None:
 def _predict_zarr(args: argparse.Namespace) -> int:
     """predict -o OUT.zarr: blockwise into zarr, resumable, on a dask scheduler if given."""
     from .. import blockwise
-    from ..io import load_model
+    from ..bundled import for_image, per_image
 
     if not _is_zarr(args.output):
         raise CliError(f"--scheduler needs a zarr output (-o OUT.zarr), got {args.output}")
     _check_kind(args, zarr=True)
     block = _parse_block(args.block)
     check_output_store(args.output, args.image)
-    saved = load_model(args.model)
+    saved = load_for(args.model)
+    if args.scheduler and per_image(saved):
+        raise CliError(f"{args.model} fits its normalisation to each image, which the workers "
+                       "of --scheduler do not do; use a model file trained on this data "
+                       "(train --init bundled)")
     cfg = _inference_config(args, saved)
     src = args.image if _is_zarr(args.image) else read_image(args.image)
     if isinstance(src, np.ndarray) and src.ndim == 2:
         src = src[None]
+    saved = for_image(saved, blockwise._open_input(src))
     kw = {"block": block, "config": cfg, "resume": not args.overwrite,
           "probabilities": args.output_kind == "probabilities"}
     bar, done = Progress("predict"), [0]
@@ -210,7 +226,7 @@ def _instances(probabilities: Any, saved, args: argparse.Namespace) -> np.ndarra
 
 def add_parser(sub: Any) -> None:
     r = sub.add_parser("predict", help="segment an image or stack (TIFF) with a model file")
-    r.add_argument("model")
+    r.add_argument("model", help="model file, or 'bundled' for the bundled EM membrane model")
     r.add_argument("image")
     r.add_argument("-o", dest="output", required=True, metavar="OUT.tif",
                    help="TIFF file to write, or OUT.zarr: blockwise, resumable (see --block)")

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.resume:  # the architecture options, checked before any file is read
         ModelConfig(arch=args.arch or "unet", classes=args.classes or 2, **model_kw)
+    init = _init(args)
     resume = None
     if args.resume:
         from ..io import load_model
@@ -52,16 +53,18 @@ def run(args: argparse.Namespace) -> int:
     check_channel_axis(image.shape, args.channel_axis)
     image = z_slices(image, args.slices, args.channel_axis, args.image)
     labels = z_slices(labels, args.slices, None, args.labels)
-    if not args.resume:
-        model_cfg = ModelConfig(
-            arch=args.arch or "unet",
-            classes=args.classes or _count_classes(labels, args.labels_mode),
-            in_channels=1 if args.channel_axis is None else image.shape[args.channel_axis],
-            **model_kw,
-        )
+    classes = args.classes or _count_classes(labels, args.labels_mode)
+    channels = 1 if args.channel_axis is None else image.shape[args.channel_axis]
+    if init is not None:
+        from ..finetune import config_for
+
+        model_cfg = config_for(init, classes, channels)
+    elif not args.resume:
+        model_cfg = ModelConfig(arch=args.arch or "unet", classes=classes, in_channels=channels,
+                                **model_kw)
     bar = Progress("train")
     gen = train(image, labels, model_cfg, train_cfg, labels_mode=args.labels_mode,
-                channel_axis=args.channel_axis, resume=resume)
+                channel_axis=args.channel_axis, resume=resume, init=init)
 
     def show(ev) -> None:
         extra = f"loss {ev.loss:.4f}"
@@ -84,6 +87,26 @@ def run(args: argparse.Namespace) -> int:
     _save(out, result, args.overwrite)
     print(json.dumps({"model": str(out), **summary(result.metadata)}))
     return 0
+
+
+def _init(args: argparse.Namespace) -> Any:
+    """The model ``--init`` names (None for scratch), or a one-line CliError."""
+    if args.init == "scratch":
+        return None
+    if args.resume:
+        raise CliError("--init and --resume exclude each other: --resume continues a training, "
+                       "--init starts a new one from a model")
+    from ..finetune import resolve_init
+
+    try:
+        init = resolve_init(args.init)
+    except (OSError, ValueError) as e:
+        raise CliError(f"--init {args.init}: {e}") from None
+    for flag, given in (("--arch", args.arch), ("--depth", args.depth), ("--width", args.width)):
+        if given is not None:
+            raise CliError(f"{flag} does not apply with --init {args.init}: the network is "
+                           "the init model's")
+    return init
 
 
 def _check_resume(args: argparse.Namespace, cfg: Any) -> None:
@@ -151,5 +174,10 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--channel-axis", type=int, default=None)
     t.add_argument("--resume", help="model file to continue training from")
+    t.add_argument("--init", default="scratch", metavar="{scratch,bundled,PATH}",
+                   help="where training starts: random weights (scratch), the bundled EM "
+                        "membrane model, or a model file; with a model the network is its "
+                        "architecture (no --arch/--depth/--width) and a different class "
+                        "count gets a new output head")
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=run)
