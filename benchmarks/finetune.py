@@ -39,10 +39,10 @@ from _proxies import HELD_OUT, load_isbi, proxies  # noqa: E402
 from _record import emit  # noqa: E402
 
 from napari_unetseg import ModelConfig, metrics, presets  # noqa: E402
-from napari_unetseg.augment import AugmentConfig  # noqa: E402
 from napari_unetseg.bundled import for_image, load_bundled  # noqa: E402
 from napari_unetseg.inference import InferenceConfig, predict  # noqa: E402
-from napari_unetseg.strokes import membrane_strokes  # noqa: E402
+from napari_unetseg.strokes import membrane_strokes, object_strokes  # noqa: E402
+from napari_unetseg.synthetic import organelles  # noqa: E402
 from napari_unetseg.training import TrainConfig, train  # noqa: E402
 
 STROKED, SCORED = [0, 1], [2, 3, 4]  # proxy slices (ISBI 25-26 painted, 27-29 scored)
@@ -65,10 +65,10 @@ def make_clock(kind: str):
     return lambda: time.process_time() / threads
 
 
-def membrane_prob(model, normalization, class_values, image, membrane_value) -> np.ndarray:
+def class_prob(model, normalization, class_values, image, value) -> np.ndarray:
     res = predict(model, image, normalization=normalization,
                   config=InferenceConfig(device="cpu"))
-    k = list(class_values).index(membrane_value)
+    k = list(class_values).index(value)
     return np.asarray(res.probabilities, np.float32)[:, k]
 
 
@@ -77,7 +77,7 @@ def scores(prob: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     return {"v_rand": round(s["v_rand"], 4), "v_info": round(s["v_info"], 4)}
 
 
-def rf_row(image, strokes, gt, clock) -> dict[str, Any]:
+def rf_row(task, clock) -> dict[str, Any]:
     from skimage.feature import multiscale_basic_features
     from sklearn.ensemble import RandomForestClassifier
 
@@ -86,19 +86,21 @@ def rf_row(image, strokes, gt, clock) -> dict[str, Any]:
 
     t0 = clock()
     xs, ys = [], []
-    for z in STROKED:
-        f, m = feats(image[z]), strokes[z] > 0
+    for img, lab in zip(task["image"], task["strokes"], strict=True):
+        f, m = feats(img), lab > 0
         xs.append(f[m])
-        ys.append(strokes[z][m])
+        ys.append(lab[m])
     rf = RandomForestClassifier(n_estimators=100, n_jobs=1, random_state=0)
     rf.fit(np.concatenate(xs), np.concatenate(ys))
     fit_s = clock() - t0
-    col = list(rf.classes_).index(1)  # painted 1 = membrane
-    prob = []
-    for z in SCORED:
-        f = feats(image[z])
-        prob.append(rf.predict_proba(f.reshape(-1, f.shape[-1]))[:, col].reshape(f.shape[:2]))
-    return {"method": "rf", "train_s": round(fit_s, 2), **scores(np.stack(prob), gt)}
+    feats_test = [feats(img) for img in task["test"]]
+
+    def prob_of(v):
+        col = list(rf.classes_).index(v)
+        return np.stack([rf.predict_proba(f.reshape(-1, f.shape[-1]))[:, col].reshape(
+            f.shape[:2]) for f in feats_test])
+
+    return {"method": "rf", "train_s": round(fit_s, 2), **score(task, prob_of)}
 
 
 class _FrozenEncoder:
@@ -123,16 +125,17 @@ class _FrozenEncoder:
 
 
 def timed_run(image, strokes, model_cfg, cfg, marks, clock, init=None, freeze=False):
-    """Train from the strokes; at each mark of training time (the clock, from the call) take
+    """Train from the strokes for the last mark's seconds (the learning-rate schedule runs
+    over that budget); at each mark of training time (the clock, from the call) take
     the model the user would get by stopping there: the best so far when validating, else the
     live one. Returns ``[(mark, step, model)]``, the normalisation and the class values."""
     with _FrozenEncoder() if freeze else contextlib.nullcontext():
-        t_click = clock()
-        gen = train(image, strokes, model_cfg, cfg, labels_mode="sparse", init=init)
+        gen = train(image, strokes, model_cfg, cfg, labels_mode="sparse", init=init,
+                    clock=clock)
         todo, snaps = sorted(marks), []
         try:
             for ev in gen:
-                while todo and clock() - t_click >= todo[0]:
+                while todo and ev.elapsed_s >= todo[0]:
                     snaps.append((todo.pop(0), ev.step, _kept(gen, cfg)))
                 if not todo:
                     break
@@ -148,10 +151,41 @@ def _kept(gen, cfg) -> torch.nn.Module:
     return model.to("cpu", memory_format=torch.contiguous_format).eval()
 
 
+def tasks(args) -> dict[str, dict[str, Any]]:
+    """Each task: training image and strokes (2 slices), test image and truth, kind."""
+    out = {}
+    image, labels = load_isbi(args.data)
+    names = [n for n in args.tasks.split(",") if n]
+    for name, (img, gt) in proxies(image[HELD_OUT], labels[HELD_OUT],
+                                   [n for n in names if n != "objects"]).items():
+        strokes = membrane_strokes(gt[STROKED], slices=None, n_strokes=args.strokes,
+                                   seed=args.seed)
+        out[name] = {"image": img[STROKED], "strokes": strokes, "test": img[SCORED],
+                     "gt": gt[SCORED], "kind": "membrane", "stack": img}
+    if "objects" in names:  # as benchmarks/scribbles.py: mitochondria-like objects in cells
+        img, obj = organelles((8, 512, 512), 25, seed=args.seed + 2, size=20, n_cells=40)
+        img = (img * 255).astype(np.uint8)
+        strokes = object_strokes(obj[STROKED], slices=None, n_strokes=args.strokes,
+                                 seed=args.seed)
+        out["objects"] = {"image": img[STROKED], "strokes": strokes, "test": img[5:],
+                          "gt": obj[5:], "kind": "objects", "stack": img}
+    return out
+
+
+def score(task: dict, prob_of) -> dict[str, float]:
+    """V_Rand / V_Info of the membrane probability, or IoU of the objects at 0.5."""
+    if task["kind"] == "membrane":
+        return scores(prob_of(1), task["gt"])
+    iou = metrics.iou((prob_of(2) >= 0.5).astype(np.uint8), (task["gt"] > 0).astype(np.uint8),
+                      [1])
+    return {"iou": round(float(iou[1]), 4)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path)
-    p.add_argument("--proxies", default="isbi,zoom_0.5,zoom_2,combo")
+    p.add_argument("--tasks", default="isbi,zoom_0.5,zoom_2,combo",
+                   help="transfer proxies (see _proxies.py) and/or 'objects'")
     p.add_argument("--marks", default="10,30,60,120")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--no-scratch", action="store_true")
@@ -165,53 +199,51 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     clock = make_clock(args.clock)
     marks = [float(m) for m in args.marks.split(",")]
-    image, labels = load_isbi(args.data)
     bundled = load_bundled()
     rows = []
-    for name, (img, gt) in proxies(image[HELD_OUT], labels[HELD_OUT],
-                                   args.proxies.split(",")).items():
-        strokes = np.zeros(gt.shape, np.uint8)
-        strokes[STROKED] = membrane_strokes(gt[STROKED], slices=None, n_strokes=args.strokes,
-                                            seed=args.seed)
-        timg, tstrokes, sgt = img[STROKED], strokes[STROKED], gt[SCORED]
-        base = {"proxy": name, "shape": list(img.shape[1:]),
-                "painted": round(float((tstrokes > 0).mean()), 4)}
+    for name, task in tasks(args).items():
+        base = {"task": name, "shape": list(task["image"].shape[1:]),
+                "painted": round(float((task["strokes"] > 0).mean()), 4)}
 
         def log(row, base=base):
             rows.append({**base, **row})
             print({**base, **row}, flush=True)
 
-        fitted = for_image(bundled, img)
-        log({"method": "bundled", "train_s": 0, **scores(membrane_prob(
-            fitted.model, fitted.normalization, fitted.class_values, img[SCORED], 0), sgt)})
+        fitted = for_image(bundled, task["stack"])
+        prob = class_prob(fitted.model, fitted.normalization, fitted.class_values,
+                             task["test"], 0)
+        log({"method": "bundled", "train_s": 0,  # no strokes: membrane = 1, the rest = 2
+             **score(task, lambda v, prob=prob: prob if v == 1 else 1 - prob)})
         if not args.no_rf:
-            log(rf_row(img, strokes, sgt, clock))
-        base_cfg = TrainConfig(iterations=100_000, batch_size=4, patch_size=192, loss="ce",
-                               device="cpu", seed=args.seed, log_every=1, val_every=10**6,
-                               val_fraction=0.0, schedule="constant")
+            log(rf_row(task, clock))
+        base_cfg = TrainConfig(iterations=10_000_000, batch_size=4, patch_size=192, loss="ce",
+                               device="cpu", seed=args.seed, log_every=1, val_fraction=0.0,
+                               time_budget_s=max(marks))
         jobs = []
         if not args.no_scratch:
             mk, tk = presets.split(presets.preset("fast"))
-            jobs.append(("scratch", ModelConfig(**mk), dataclasses.replace(
-                base_cfg, **tk, iterations=100_000, val_fraction=0.0), None, False))
-        for v in args.variants.split(","):
-            if not v:
-                continue
+            tk.pop("iterations")
+            jobs.append(("scratch", ModelConfig(**mk), dataclasses.replace(base_cfg, **tk),
+                         None, False))
+        for v in [v for v in args.variants.split(",") if v]:
             changes = dict(VARIANTS[v])
             freeze = changes.pop("freeze", False)
-            cfg = dataclasses.replace(base_cfg, augment=AugmentConfig(), **changes)
-            jobs.append((v, dataclasses.replace(bundled.config, classes=2), cfg, bundled,
-                         freeze))
+            jobs.append((v, dataclasses.replace(bundled.config, classes=2),
+                         dataclasses.replace(base_cfg, **changes), bundled, freeze))
         for method, mcfg, cfg, init, freeze in jobs:
-            snaps, norm, values = timed_run(timg, tstrokes, mcfg, cfg, marks, clock, init=init,
-                                            freeze=freeze)
+            snaps, norm, values = timed_run(task["image"], task["strokes"], mcfg, cfg, marks,
+                                            clock, init=init, freeze=freeze)
             for at, step, model in snaps:
-                prob = membrane_prob(model, norm, values, img[SCORED], 1)
-                log({"method": method, "train_s": at, "steps": step, **scores(prob, sgt)})
-    record = {"benchmark": "finetune on transfer proxies (ISBI 25-29)", "clock": args.clock,
+                def prob_of(v, model=model, norm=norm, values=values, test=task["test"]):
+                    return class_prob(model, norm, values, test, v)
+
+                log({"method": method, "train_s": at, "steps": step, **score(task, prob_of)})
+    record = {"benchmark": "fine-tuning the bundled model vs scratch vs RF, on transfer proxies "
+                           "(ISBI 25-29) and the object task", "clock": args.clock,
               "threads": args.threads, "machine": platform.processor() or platform.machine(),
               "torch": torch.__version__, "strokes_per_slice": args.strokes,
-              "stroked_slices": "proxy 0-1 (ISBI 25-26)", "scored_slices": "proxy 2-4 (27-29)",
+              "stroked_slices": "proxy 0-1 (ISBI 25-26); objects 0-1",
+              "scored_slices": "proxy 2-4 (ISBI 27-29); objects 5-7",
               "command": "python benchmarks/finetune.py " + " ".join(sys.argv[1:]), "rows": rows}
     emit(record, args.json)
 

@@ -316,7 +316,7 @@ CLI_ERRORS = [
                                            "--labels-mode", "sparse"),
      r"image has 1 channel\(s\) but model_config.in_channels is 3"),
     ("train-init-missing", lambda c: _t(c, "img", "lab", "--init", c["dir"] / "nope.unetseg"),
-     r"--init .*nope.unetseg: model file .* does not exist"),
+     r"--init: .*nope.unetseg does not exist"),
     ("train-init-with-width", lambda c: _t(c, "img", "lab", "--init", c["m1"], "--width", "8"),
      r"--(depth|width) does not apply with --init"),
     ("predict-output-is-dir", lambda c: ["predict", c["m1"], c["img"], "-o", c["folder"]],

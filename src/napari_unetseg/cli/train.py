@@ -101,7 +101,7 @@ def _init(args: argparse.Namespace) -> Any:
     try:
         init = resolve_init(args.init)
     except (OSError, ValueError) as e:
-        raise CliError(f"--init {args.init}: {e}") from None
+        raise CliError(f"--init: {e}") from None
     for flag, given in (("--arch", args.arch), ("--depth", args.depth), ("--width", args.width)):
         if given is not None:
             raise CliError(f"{flag} does not apply with --init {args.init}: the network is "
