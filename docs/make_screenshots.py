@@ -95,7 +95,8 @@ def main() -> None:
     docks = launch(viewer, widgets=WIDGETS)
     pump(1.0)
     image, gt = viewer.layers[IMAGE_NAME], viewer.layers[LABELS_NAME]
-    gt.visible = False
+    for layer in list(viewer.layers):  # the docked weight-map preview's layer waits its turn
+        layer.visible = layer is image
     # sparse scribbles, as a user paints them in a new labels layer: short strokes of
     # membrane and interior (Train follows the new layer)
     truth = np.asarray(gt.data)
@@ -114,6 +115,7 @@ def main() -> None:
     form.iterations.setValue(150)
     form.patch.setValue(128)
     form.device.setCurrentText("cpu")
+    form.preview_every.setValue(20.0)  # a few previews: most of the time goes to training
     form.advanced.expand(animate=False)
     train.train_button.click()
     wait(train)

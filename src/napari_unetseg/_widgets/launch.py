@@ -40,10 +40,16 @@ def launch(
         docked[name] = widget
     if docked:
         first = dock_of(next(iter(docked.values())))
-        if first is not None:  # show the first tab once Qt has made the tab bar
-            QTimer.singleShot(0, first.raise_)
         if fit:
             fit_window(list(docked.values()))
+
+        def settle() -> None:  # once Qt has made the tab bar and resized the canvas
+            if first is not None:
+                first.raise_()
+            if fit:
+                viewer.reset_view()  # the sample fills the canvas at its new size
+
+        QTimer.singleShot(0, settle)
     return docked
 
 
