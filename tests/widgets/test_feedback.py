@@ -75,7 +75,7 @@ def test_empty_validation_plot_says_why(viewer, gt, dock, tiny, wait_job):
     wait_job(train)
     assert not train.dice_plot.data["val"]
     assert train.dice_plot.note.startswith("no validation: too few labels")
-    assert "second slice" in train.dice_plot.note
+    assert "separate stroke of every class" in train.dice_plot.note
 
 
 def test_error_text_stays_in_full_in_the_status_line(viewer, image, dock, notes):

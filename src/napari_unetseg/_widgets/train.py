@@ -46,10 +46,11 @@ __all__ = ["Preview", "TrainWidget", "validation_note"]
 
 
 def validation_note(metadata: dict) -> str:
-    """Why a finished training has no validation Dice (see ``data._split``)."""
+    """Why a finished training has no validation Dice (see ``data._split``: sparse labels
+    hold out whole strokes, so each class needs two separate strokes)."""
     if not metadata.get("val_slices"):
         return ("no validation: too few labels to hold some out without losing a class. "
-                "Paint strokes on a second slice, or more strokes of every class.")
+                "Paint a second, separate stroke of every class (one is kept to validate).")
     return "no validation: training stopped before the first validation"
 
 
