@@ -38,8 +38,10 @@ def test_loss_drops_and_budget_ends_it(stack):
     cfg = PretrainConfig(time_budget_s=1e6, iterations=25, batch_size=4, patch_size=32,
                          lr=1e-2)
     events = []
-    res = drain(pretrain(image, TINY, cfg), events.append)
+    # a fake clock (0.25 s a read) so that events come every few steps on any machine
+    res = drain(pretrain(image, TINY, cfg, clock=_ticks()), events.append)
     assert res.metadata["steps"] == 25
+    assert len(events) >= 5
     assert np.mean([e.loss for e in events[-3:]]) < 0.8 * events[0].loss
     # a budget of 2 fake seconds (each clock read is 0.25 s later) ends it long before
     short = drain(pretrain(image, TINY, PretrainConfig(time_budget_s=2.0, batch_size=2,

@@ -33,7 +33,8 @@ def test_load_sample_shapes_dtypes_and_binary_labels():
 def test_package_data_is_small():
     data = Path(_sample_data.__file__).parent / "data"
     total = sum(p.stat().st_size for p in data.iterdir())
-    assert total < 3 * 2**20
+    # the sample (about 2 MB) and the bundled model (about 2 MB, float16): under 4.5 MB in all
+    assert total < 4.5 * 2**20
     assert (data / "README.md").read_text().count("Cardona") >= 2
 
 
