@@ -185,7 +185,8 @@ class _Runner:
         job, plan = self.job, self.job.plan
         net = inference_network(saved.model, job.device)
         fn = make_predictor(net, job.level, self.config.tta, job.amp, job.classes == 1,
-                            crop=job.halo)  # fmt: skip
+                            crop=job.halo,
+                            activate=not getattr(saved.model, "returns_probabilities", False))
         batch = self.config.batch_size
         if batch == "auto":
             batch = auto_batch(fn, 1, plan.tile, job.device, plan.n_tiles)

@@ -465,7 +465,8 @@ def segment(
     )
     model.to(job.device)
     net = inference_network(model, job.device)  # BatchNorm folded: a copy, model untouched
-    fn = make_predictor(net, job.level, job.config.tta, job.amp, k == 1, crop=job.halo)
+    fn = make_predictor(net, job.level, job.config.tta, job.amp, k == 1, crop=job.halo,
+                        activate=not getattr(model, "returns_probabilities", False))
     n_tiles = job.plan.n_tiles
     batch = job.config.batch_size
     if batch == "auto":

@@ -161,10 +161,12 @@ def inference_network(model: torch.nn.Module, device: torch.device) -> torch.nn.
 
 
 def make_predictor(
-    model: Any, level: Any, tta: bool, amp: torch.dtype | None, binary: bool, crop: int = 0
+    model: Any, level: Any, tta: bool, amp: torch.dtype | None, binary: bool, crop: int = 0,
+    activate: bool = True,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Tile batch -> class probabilities (softmax; sigmoid for one class), fp32, with the
-    outer ``crop`` pixels (the halo) removed before the softmax."""
+    outer ``crop`` pixels (the halo) removed before the softmax. ``activate=False``: the
+    network's output is used as it is (a model that returns probabilities itself)."""
     channels_last = _channels_last(next(model.parameters()).device)
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -175,6 +177,8 @@ def make_predictor(
         if crop:
             y = y[..., crop:-crop, crop:-crop]
         y = y.float()
+        if not activate:
+            return y
         return torch.sigmoid(y) if binary else torch.softmax(y, dim=1)
 
     def predictor(x: torch.Tensor) -> torch.Tensor:

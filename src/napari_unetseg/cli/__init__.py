@@ -1,4 +1,4 @@
-"""Command line: ``napari-unetseg train | predict | evaluate | demo | gui``.
+"""Command line: ``napari-unetseg train | predict | evaluate | export | demo | gui``.
 
 Works on TIFF files through tifffile. Every command reports progress on stderr, and any input
 error ends with a one-line message and a non-zero exit code instead of a traceback. One module
@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from . import demo, evaluate, gui, predict, train
+from . import demo, evaluate, export, gui, predict, train
 from ._common import CliError, Progress, cli_wording, one_line, parse_slices
 from .evaluate import evaluate_arrays
 from .predict import run_prediction
@@ -25,7 +25,7 @@ from .predict import run_prediction
 __all__ = ["CliError", "Progress", "build_parser", "evaluate_arrays", "main", "parse_slices",
            "run_prediction"]
 
-SUBCOMMANDS = (train, predict, evaluate, demo, gui)
+SUBCOMMANDS = (train, predict, evaluate, export, demo, gui)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -92,12 +92,18 @@ def _check_class(args: argparse.Namespace, saved: Any) -> None:
 
 
 def load_for(name: str) -> Any:
-    """The model ``name``: a file, or "bundled" for the bundled model when no file of that
-    name exists."""
+    """The model ``name``: a model file (.unetseg), a bioimage.io package (one-line error if
+    its libraries are missing), or "bundled" for the bundled model when no file of that name
+    exists."""
+    from ..bioimageio_import import load_any
     from ..bundled import BUNDLED, load_bundled
-    from ..io import load_model
 
-    return load_bundled() if name == BUNDLED and not Path(name).exists() else load_model(name)
+    if name == BUNDLED and not Path(name).exists():
+        return load_bundled()
+    try:
+        return load_any(name)
+    except ImportError as e:
+        raise CliError(str(e)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -173,6 +179,9 @@ def _predict_zarr(args: argparse.Namespace) -> int:
     block = _parse_block(args.block)
     check_output_store(args.output, args.image)
     saved = load_for(args.model)
+    if args.scheduler and getattr(saved.model, "returns_probabilities", False):
+        raise CliError("--scheduler runs model files (.unetseg); run a bioimage.io package "
+                       "without --scheduler")
     if args.scheduler and per_image(saved):
         raise CliError(f"{args.model} fits its normalisation to each image, which the workers "
                        "of --scheduler do not do; use a model file trained on this data "
@@ -226,7 +235,8 @@ def _instances(probabilities: Any, saved, args: argparse.Namespace) -> np.ndarra
 
 def add_parser(sub: Any) -> None:
     r = sub.add_parser("predict", help="segment an image or stack (TIFF) with a model file")
-    r.add_argument("model", help="model file, or 'bundled' for the bundled EM membrane model")
+    r.add_argument("model", help="model file (.unetseg), bioimage.io package (.zip, rdf.yaml) "
+                   "with TorchScript weights, or 'bundled' for the bundled EM membrane model")
     r.add_argument("image")
     r.add_argument("-o", dest="output", required=True, metavar="OUT.tif",
                    help="TIFF file to write, or OUT.zarr: blockwise, resumable (see --block)")
