@@ -24,15 +24,17 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .io import SavedModel, atomic_write
+from .files import atomic_write, check_output
+from .io import SavedModel
 
-__all__ = ["DEFAULT_LICENSE", "export_bioimageio", "require_bioimageio", "run_model_test"]
+__all__ = ["DEFAULT_LICENSE", "export_bioimageio", "export_steps", "require_bioimageio",
+           "run_model_test"]
 
 #: License of the exported weights unless one is given (an SPDX id).
 DEFAULT_LICENSE = "CC-BY-4.0"
@@ -105,7 +107,8 @@ def export_bioimageio(
     Returns
     -------
     Path
-        ``path``, written atomically and validated by ``bioimageio.spec``.
+        ``path``, written atomically and validated by ``bioimageio.spec``. The work is
+        :func:`export_steps` drained.
 
     Raises
     ------
@@ -114,13 +117,33 @@ def export_bioimageio(
     ValueError
         The model cannot be packaged (a ``valid``-padded U-Net), or a bad argument.
     """
-    require_bioimageio()
-    from .io import _check_writable_target
+    from .devices import drain
 
+    return drain(export_steps(
+        saved, path, name=name, description=description, authors=authors, license=license,
+        training_data=training_data, sample=sample, tags=tags, overwrite=overwrite))
+
+
+def export_steps(
+    saved: SavedModel,
+    path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    authors: Sequence[str] = ("napari-unetseg user",),
+    license: str = DEFAULT_LICENSE,
+    training_data: str = "",
+    sample: np.ndarray | None = None,
+    tags: Sequence[str] = (),
+    overwrite: bool = False,
+) -> Generator[str, None, Path]:
+    """:func:`export_bioimageio` as a generator: yields what it is doing (a few steps of
+    seconds each) and returns the path; closing it leaves no file behind."""
+    require_bioimageio()
     path = Path(path)
     if path.suffix.lower() != ".zip":
         raise ValueError(f"a bioimage.io package is a .zip file, got {path.name!r}")
-    _check_writable_target(path, overwrite)
+    check_output(path, overwrite)
     if not isinstance(saved, SavedModel):
         raise TypeError(f"saved must be a SavedModel, got {type(saved).__name__}")
     from .models import SegmentationNet
@@ -135,13 +158,16 @@ def export_bioimageio(
         raise ValueError("give at least one author name")
     with tempfile.TemporaryDirectory(prefix="napari-unetseg-bmz-") as tmp:
         folder = Path(tmp)
+        yield "tracing the network, writing the test tensors and the cover"
         descr = _describe(saved, folder, name=name, description=description,
                           authors=authors, license=license, training_data=training_data,
                           sample=sample, tags=tags)
         zipped = folder / "package.zip"
         from bioimageio.spec import save_bioimageio_package
 
+        yield "packaging and validating with bioimageio.spec"
         save_bioimageio_package(descr, output_path=zipped)
+        yield f"writing {path.name}"
         with atomic_write(path, overwrite=overwrite) as fh, open(zipped, "rb") as src:
             shutil.copyfileobj(src, fh)
     return path

@@ -39,6 +39,8 @@ def _start(name: str = "") -> str:
     if folder is None or not folder.is_dir():
         return name
     return str(folder / name) if name else str(folder)
+_OPEN_FILTER = (f"napari-unetseg model or bioimage.io package (*{MODEL_SUFFIX} *.zip *.yaml);;"
+                f"{_FILTER}")
 
 
 def ask_save_path(parent: QWidget | None) -> str:
@@ -52,7 +54,7 @@ def ask_save_path(parent: QWidget | None) -> str:
 
 def ask_open_path(parent: QWidget | None) -> str:
     """Ask which model file to open; '' when cancelled."""
-    path, _ = QFileDialog.getOpenFileName(parent, "Load model", _start(), _FILTER)
+    path, _ = QFileDialog.getOpenFileName(parent, "Load model", _start(), _OPEN_FILTER)
     return path
 
 
@@ -95,11 +97,21 @@ def save_with_dialog(parent: QWidget | None, saved: SavedModel | None) -> Path |
 
 
 def load_with_dialog(parent: QWidget | None, store: Any) -> SavedModel | None:
-    """Ask for a model file, load it and make it the viewer's model; returns it or None."""
+    """Ask for a model file, load it and make it the viewer's model; returns it or None.
+
+    A bioimage.io package is read in a worker instead (it is validated for a few seconds);
+    it becomes the viewer's model when done, and None is returned."""
     text = ask_open_path(parent)
     if not text:
         return None
     remember_folder(text)
+    from ..bioimageio_import import is_bioimageio
+
+    if Path(text).is_file() and is_bioimageio(text):  # read in a worker; the store gets it
+        from ._bioimageio import load_package
+
+        load_package(parent, store, text)
+        return None
     try:
         saved = load_model(text)
     except (OSError, ValueError) as e:

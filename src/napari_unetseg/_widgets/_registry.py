@@ -45,6 +45,9 @@ class ModelStore(QObject):
         if self.saved is None:
             return "no model yet: train one or load a model file"
         cfg = self.saved.config
+        package = (self.saved.metadata or {}).get("bioimageio")
+        if package:
+            return f"bioimage.io model {package['name']!r}, {cfg.classes} classes ({self.source})"
         names = {"unet": "U-Net", "unetpp": "UNet++", "resunet": "ResUNet"}
         arch = names.get(cfg.arch, cfg.arch)
         return f"{arch} depth {cfg.depth} width {cfg.width}, {cfg.classes} classes ({self.source})"

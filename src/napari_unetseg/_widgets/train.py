@@ -23,7 +23,7 @@ from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QPushButton, QWidget
 from ..finetune import config_for, resolve_init
 from ..io import SavedModel
 from ..training import TrainResult
-from . import _ask, _common, _files
+from . import _ask, _bioimageio, _common, _files
 from ._common import LayerPicker, current_index
 from ._layout import scroll_body
 from ._live import (
@@ -76,6 +76,9 @@ class TrainWidget(QWidget):
         self.form = TrainForm()
         self.train_button, self.cancel_button = QPushButton("Train"), QPushButton("Cancel")
         self.save_button, self.load_button = QPushButton("Save model…"), QPushButton("Load model…")
+        self.export_button = QPushButton("Export bioimage.io…")
+        self.export_button.setToolTip("write the model as a bioimage.io model package (.zip) "
+                                      "for the model zoo and other bioimage.io tools")
         self.status = _common.status_label()
         self.loss_plot = LinePlot("loss", ("train", "val"))
         self.dice_plot = LinePlot("validation Dice", ("val",), y_range=(0.0, 1.0))
@@ -85,6 +88,7 @@ class TrainWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(self.save_model)
         self.load_button.clicked.connect(self.load_model)
+        self.export_button.clicked.connect(self.export_bioimageio)
         self.subscriptions.connect(self.viewer.dims.events.current_step, self._track_slice)
         self._set_running(False)
 
@@ -97,6 +101,7 @@ class TrainWidget(QWidget):
         run.addWidget(self.cancel_button)
         files.addWidget(self.save_button)
         files.addWidget(self.load_button)
+        files.addWidget(self.export_button)
         box = scroll_body(self)
         box.addLayout(pick)
         box.addWidget(self.form)
@@ -287,6 +292,20 @@ class TrainWidget(QWidget):
     def save_model(self) -> Any:
         """Save model…: ask for a path (and before replacing a file) and write the model."""
         return _files.save_with_dialog(self, self.saved)
+
+    def export_bioimageio(self) -> Any:
+        """Export bioimage.io…: write the model as a bioimage.io package, in a worker; the
+        test input and the cover come from the slice on screen of the training image."""
+        image = self._source if self._source is not None and (
+            self._source in self.viewer.layers) else self.image_picker.layer()
+        sample, about = None, ""
+        if image is not None and not image.rgb and image.ndim in (2, 3):
+            sample = np.asarray(image.data[current_index(self.viewer, image)]
+                                if image.ndim == 3 else image.data)
+            about = f"napari image layer {image.name!r}, shape {tuple(image.data.shape)}"
+            source = (image.metadata or {}).get("source")
+            about += f"; {source}" if source else "; source and terms of use: (fill in)"
+        return _bioimageio.start_export(self, self.saved, sample, about)
 
     def load_model(self) -> SavedModel | None:
         """Load model…: read a model file; it becomes this widget's and the viewer's model."""

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise CliError(str(e)) from None
     out = Path(args.output)
-    check_output(out, args.overwrite)
+    check_output(out, args.overwrite, tuple(p for p in (args.model, args.sample) if p))
     saved = load_model(args.model)
     sample = read_image(args.sample) if args.sample else None
     export_bioimageio(
