@@ -2,7 +2,10 @@
 
 Runs :func:`napari_unetseg.inference.segment` in a worker with a progress bar and Cancel.
 The result goes to two layers named after the image, ``"<image> probabilities"`` (the chosen
-class) and ``"<image> segmentation"`` (labels in the training label values). A re-run updates
+class) and ``"<image> segmentation"`` (labels in the training label values), and with
+*instances* a third, ``"<image> instances"``: the connected objects of the chosen class, or the
+cells between boundaries when the chosen class is the boundary (a seeded watershed,
+:func:`napari_unetseg.postprocess.iter_instances`). A re-run updates
 the layers this widget made (found by their metadata marker), never a layer the user made.
 Layers are written only when the run completes, so a cancelled run leaves nothing half-made.
 A lazy stack (dask or zarr data, e.g. ``viewer.add_image(dask.array.from_zarr(...))``) is read
@@ -34,7 +37,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..bundled import load_bundled, normalization_for
-from ..inference import InferenceConfig, SegmentResult, segment
+from ..inference import InferenceConfig, ProgressEvent, SegmentResult, segment
+from ..postprocess import BoundaryInstances, iter_instances
 from . import _common, _files
 from ._common import LayerPicker, current_index, find_output, put_output
 from ._layout import scroll_body
@@ -47,6 +51,9 @@ if TYPE_CHECKING:
 __all__ = ["SegmentWidget"]
 
 SCOPES = ("current slice", "whole stack")
+#: Instances made after segmenting: none, the connected objects of the chosen class, or the
+#: regions between the boundaries of the chosen class (EM membranes: cells, neurites).
+INSTANCES = ("none", "objects of this class", "cells between (class = boundary)")
 
 
 class SegmentWidget(QWidget):
@@ -101,6 +108,13 @@ class SegmentWidget(QWidget):
         self.device.addItems(_common.available_devices())
         self.tta = QCheckBox("flip test-time augmentation")
         self.level, self.show_class = QComboBox(), QComboBox()
+        self.instances = QComboBox()
+        self.instances.addItems(list(INSTANCES))
+        self.instances.setToolTip(
+            "also make an instances layer: the connected objects of the class above, or the "
+            "cells between boundaries when that class is the boundary (membrane), by a seeded "
+            "watershed on its probability"
+        )
         self.level.setToolTip("UNet++: mean of all heads (accurate) or a pruned level")
         self.run_button, self.cancel_button = QPushButton("Segment"), QPushButton("Cancel")
         self.status = _common.status_label()
@@ -126,6 +140,7 @@ class SegmentWidget(QWidget):
         form.addRow("", self.tta)
         form.addRow("UNet++ level", self.level)
         form.addRow("probability of", self.show_class)
+        form.addRow("instances", self.instances)
         run = QHBoxLayout()
         run.addWidget(self.run_button)
         run.addWidget(self.cancel_button)
@@ -238,18 +253,49 @@ class SegmentWidget(QWidget):
 
             def on_result(res: SegmentResult) -> None:
                 self._write_lazy(res, image, targets, n)
+            if self.instances.currentIndex():
+                _common.warning("Segment: instances are made for in-memory images; this "
+                                "stack is read lazily, so none are made.")
         else:
             out = None
 
-            def on_result(res: SegmentResult) -> None:
+            def on_result(res: Any) -> None:
+                res, inst = res if isinstance(res, tuple) else (res, None)
                 self._write(res, image, saved, z if one else None, n)
+                if inst is not None:
+                    self._write_instances(inst, image, z if one else None)
         gen = segment(saved.model, image.data, normalization=normalization_for(saved, image.data),
                       config=config, slices=slices, out=out)
+        if out is None and self.instances.currentIndex():
+            gen = self._with_instances(gen)
         self.job = Job(gen, "Segmentation", total=0, on_event=self._on_event,
                        on_result=on_result, on_finished=self._on_finished, owner=self)
         self._set_running(True)
         self.status.setText("segmenting…")
         return self.job.start()
+
+    def _with_instances(self, gen: Any) -> Any:
+        """``gen``, then the instances of its chosen class (one event per slice); returns
+        ``(result, instances)``."""
+        k = max(self.show_class.currentIndex(), 0)
+        boundaries = BoundaryInstances() if self.instances.currentIndex() == 2 else None
+        res = yield from gen
+        maps = np.asarray(res.probabilities)[..., k, :, :].astype(np.float32)
+        steps, n = iter_instances(maps, boundaries), 1 if maps.ndim == 2 else len(maps)
+        while True:
+            try:
+                z = next(steps)
+            except StopIteration as stop:
+                return res, stop.value
+            yield ProgressEvent(z + 1, n, z, f"instances: slice {z + 1}/{n}")
+
+    def _write_instances(self, inst: np.ndarray, image: Any, z: int | None) -> None:
+        if z is not None:  # one slice of a stack: keep the other slices of earlier runs
+            whole = self._target("instances", image, np.int32)
+            whole[z] = inst[0]
+            inst = whole
+        put_output(self.viewer, self.owner, "instances", image, inst, "labels",
+                   f"{image.name} instances", opacity=0.5)
 
     def cancel(self) -> None:
         """Stop after the current batch of tiles; no output layer is written or changed."""

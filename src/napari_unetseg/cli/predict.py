@@ -63,7 +63,8 @@ def _check_kind(args: argparse.Namespace, zarr: bool) -> None:
         for flag, given in (("--slices", args.slices), ("--channel-axis", args.channel_axis),
                             ("--class", args.class_index),
                             ("--output instances", kind == "instances"),
-                            ("--split-touching", args.split_touching)):
+                            ("--split-touching", args.split_touching),
+                            ("--boundary-class", args.boundary_class)):
             if given is not None and given is not False:
                 raise CliError(f"{flag} applies to a TIFF output, not to {args.output}")
         return
@@ -74,6 +75,32 @@ def _check_kind(args: argparse.Namespace, zarr: bool) -> None:
         raise CliError("--class applies to --output probabilities or instances, not labels")
     if args.split_touching and kind != "instances":
         raise CliError(f"--split-touching applies to --output instances, not {kind}")
+    if args.boundary_class is not None:
+        if kind != "instances":
+            raise CliError(f"--boundary-class applies to --output instances, not {kind}")
+        if args.split_touching or args.class_index is not None:
+            raise CliError("--boundary-class makes instances between boundaries; --class and "
+                           "--split-touching are for objects of a class: give one or the other")
+        _boundary_settings(args)  # bad settings are refused before the work
+
+
+_SETTING_FLAGS = {"threshold": "--seed-threshold", "sigma": "--smooth", "h": "--seed-h",
+                  "min_size": "--min-size"}
+
+
+def _boundary_settings(args: argparse.Namespace) -> Any:
+    """The :class:`BoundaryInstances` of the --seeds ... options (errors name the flags)."""
+    from ..postprocess import BoundaryInstances
+
+    try:
+        return BoundaryInstances(seeds=args.seeds, threshold=args.seed_threshold,
+                                 sigma=args.smooth, h=args.seed_h, min_size=args.min_size)
+    except ValueError as e:
+        text = str(e)
+        for name, flag in _SETTING_FLAGS.items():
+            if text.startswith(f"{name} must"):
+                text = flag + text[len(name):]
+        raise CliError(text) from None
 
 
 def _check_channels(shape: tuple, axis: int | None, expected: int) -> None:
@@ -86,9 +113,9 @@ def _check_channels(shape: tuple, axis: int | None, expected: int) -> None:
 
 
 def _check_class(args: argparse.Namespace, saved: Any) -> None:
-    k = args.class_index
-    if k is not None and not 0 <= k < saved.config.classes:
-        raise CliError(f"--class must be in 0..{saved.config.classes - 1}, got {k}")
+    for flag, k in (("--class", args.class_index), ("--boundary-class", args.boundary_class)):
+        if k is not None and not 0 <= k < saved.config.classes:
+            raise CliError(f"{flag} must be in 0..{saved.config.classes - 1}, got {k}")
 
 
 def load_for(name: str) -> Any:
@@ -222,11 +249,16 @@ def _predict_zarr(args: argparse.Namespace) -> int:
 
 
 def _instances(probabilities: Any, saved, args: argparse.Namespace) -> np.ndarray:
-    """Objects of the foreground class (``--class``, default the last) per slice."""
-    from ..postprocess import instances_from_probs
+    """Objects of the foreground class (``--class``, default the last) per slice, or the
+    regions between the boundaries of ``--boundary-class`` (a seeded watershed)."""
+    from ..postprocess import instances_from_boundaries, instances_from_probs
 
-    k = saved.config.classes - 1 if args.class_index is None else args.class_index
     probs = np.asarray(probabilities, dtype=np.float32)
+    if args.boundary_class is not None:
+        b = args.boundary_class
+        return instances_from_boundaries(probs[:, b] if probs.ndim == 4 else probs[b],
+                                         _boundary_settings(args))
+    k = saved.config.classes - 1 if args.class_index is None else args.class_index
     fg = probs[:, k] if probs.ndim == 4 else probs[k]
     if fg.ndim == 2:
         return instances_from_probs(fg, split_touching=args.split_touching)
@@ -254,9 +286,30 @@ def add_parser(sub: Any) -> None:
                    choices=["probabilities", "labels", "instances"], default="labels",
                    help="labels: argmax in the training label values; probabilities: float32 "
                         "(Z, C, Y, X), or (Z, Y, X) with --class K; instances: connected "
-                        "objects of the foreground class (--class K, default the last)")
+                        "objects of the foreground class (--class K, default the last), or "
+                        "the regions between boundaries (--boundary-class K)")
     r.add_argument("--split-touching", action="store_true",
                    help="instances: split touching objects by a distance-transform watershed")
+    from ..postprocess import SEEDINGS, BoundaryInstances
+
+    d = BoundaryInstances()
+    r.add_argument("--boundary-class", type=int, default=None, metavar="K",
+                   help="instances: the regions between the boundaries of class K (EM "
+                        "membranes: cells, neurites), a seeded watershed on p(K); "
+                        "default: objects of --class instead")
+    r.add_argument("--seeds", choices=SEEDINGS, default=d.seeds,
+                   help="--boundary-class: seeds from the interior p(K) < --seed-threshold "
+                        "(threshold), from its distance transform (distance), or from the "
+                        "minima of p(K) (minima)")
+    r.add_argument("--seed-threshold", type=float, default=d.threshold,
+                   help="--boundary-class: interior below this boundary probability")
+    r.add_argument("--smooth", type=float, default=d.sigma,
+                   help="--boundary-class: Gaussian smoothing of p(K), pixels")
+    r.add_argument("--seed-h", type=float, default=d.h,
+                   help="--boundary-class: h-maxima height in pixels (distance) or h-minima "
+                        "depth (minima)")
+    r.add_argument("--min-size", type=int, default=d.min_size,
+                   help="--boundary-class: merge objects smaller than this (pixels)")
     r.add_argument("--device", default="auto")
     r.add_argument("--tta", action="store_true", help="flip test-time augmentation")
     r.add_argument("--block", help="OUT.zarr: block (and chunk) shape Z,Y,X; default 2,2048,2048")
