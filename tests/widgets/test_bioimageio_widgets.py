@@ -34,7 +34,7 @@ def test_export_then_segment_with_the_package(viewer, image, dock, wait_job, cli
     qtbot.waitUntil(lambda: not job.running, timeout=180_000)
     package = tmp_path / "membranes.zip"
     assert job.failed is None and package.exists()
-    assert "EM sample (ISBI 2012)" in seen["training"] and "Cardona" in seen["training"]
+    assert image.name in seen["training"] and "Cardona" in seen["training"]
     with zipfile.ZipFile(package) as zf:
         assert "Cardona" in zf.read("README.md").decode()
     assert str(package) in train.status.text() and ("info", f"Exported the bioimage.io "
