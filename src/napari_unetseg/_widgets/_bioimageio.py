@@ -88,12 +88,12 @@ def start_export(owner: Any, saved: SavedModel | None, sample: Any, training_dat
     the progress in its ``status`` label and keeps the job as ``owner.bioimageio_job``.
     Returns the job, or None (after a message)."""
     if saved is None:
-        _common.error("Export bioimage.io: there is no model yet; train one first.")
+        _common.error("Export bioimage.io: there is no model yet; train one first.", owner)
         return None
     try:
         require_bioimageio()
     except ImportError as e:
-        _common.error(f"Export bioimage.io: {e}")
+        _common.error(f"Export bioimage.io: {e}", owner)
         return None
     text = ask_package_path(owner)
     if not text:
@@ -108,8 +108,7 @@ def start_export(owner: Any, saved: SavedModel | None, sample: Any, training_dat
     gen = export_steps(saved, path, sample=sample, overwrite=overwrite, **details)
 
     def done(written: Path) -> None:
-        owner.status.setText(f"exported the bioimage.io package {written}")
-        _common.info(f"Exported the bioimage.io package {written}")
+        _common.info(f"Exported the bioimage.io package {written}", owner)
 
     job = Job(gen, "bioimage.io export", on_event=lambda msg: owner.status.setText(msg),
               on_result=done, owner=owner)
@@ -131,7 +130,7 @@ def load_package(owner: Any, store: Any, path: str) -> Job:
 
     def done(saved: SavedModel) -> None:
         store.set_model(saved, f"bioimage.io package {name}")
-        _common.info(f"Loaded the bioimage.io package {name}")
+        _common.info(f"Loaded the bioimage.io package {name}", owner)
 
     job = Job(_load(path), "Load bioimage.io package", on_result=done, owner=owner)
     owner.bioimageio_job = job  # the widget keeps its job alive (Qt holds slots weakly)

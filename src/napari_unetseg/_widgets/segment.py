@@ -255,7 +255,7 @@ class SegmentWidget(QWidget):
                 self._write_lazy(res, image, targets, n)
             if self.instances.currentIndex():
                 _common.warning("Segment: instances are made for in-memory images; this "
-                                "stack is read lazily, so none are made.")
+                                "stack is read lazily, so none are made.", self)
         else:
             out = None
 
