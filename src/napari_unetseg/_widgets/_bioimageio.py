@@ -1,12 +1,12 @@
-"""Export bioimage.io… (Train) and loading a bioimage.io package (Load model…).
+"""Export bioimage.io… (Train): the details dialog and the export in a worker.
 
-Both run in a worker (:class:`._worker.Job`): bioimageio.spec validates and packages for a few
-seconds. The dialogs are module functions so that tests can replace them.
+The export runs in a worker (:class:`._worker.Job`): bioimageio.spec validates and packages for
+a few seconds. The dialogs are module functions so that tests can replace them. Loading a
+package is :func:`._files.load_with_dialog`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from ..io import SavedModel
 from . import _common, _files
 from ._worker import Job
 
-__all__ = ["ask_details", "ask_package_path", "load_package", "start_export"]
+__all__ = ["ask_details", "ask_package_path", "start_export"]
 
 LICENSES = (DEFAULT_LICENSE, "CC-BY-NC-4.0", "CC0-1.0", "MIT", "BSD-3-Clause")
 
@@ -112,26 +112,5 @@ def start_export(owner: Any, saved: SavedModel | None, sample: Any, training_dat
 
     job = Job(gen, "bioimage.io export", on_event=lambda msg: owner.status.setText(msg),
               on_result=done, owner=owner)
-    owner.bioimageio_job = job  # the widget keeps its job alive (Qt holds slots weakly)
-    return job.start()
-
-
-def _load(path: str) -> Generator[str, None, SavedModel]:
-    from ..bioimageio_import import load_bioimageio
-
-    yield f"reading the bioimage.io package {Path(path).name}"
-    return load_bioimageio(path)
-
-
-def load_package(owner: Any, store: Any, path: str) -> Job:
-    """Read a bioimage.io package in a worker (kept as ``owner.bioimageio_job``) and make it
-    the viewer's model."""
-    name = Path(path).name
-
-    def done(saved: SavedModel) -> None:
-        store.set_model(saved, f"bioimage.io package {name}")
-        _common.info(f"Loaded the bioimage.io package {name}", owner)
-
-    job = Job(_load(path), "Load bioimage.io package", on_result=done, owner=owner)
     owner.bioimageio_job = job  # the widget keeps its job alive (Qt holds slots weakly)
     return job.start()

@@ -9,6 +9,7 @@ The dialogs open in the folder last saved to or loaded from in this session
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox, QWidget
 from ..io import MODEL_SUFFIX, SavedModel, load_model, save_model
 from . import _common
 
-__all__ = ["ask_open_path", "ask_save_path", "confirm_overwrite", "last_folder",
+__all__ = ["ask_open_path", "ask_save_path", "confirm_overwrite", "last_folder", "load_package",
            "load_with_dialog", "remember_folder", "save_with_dialog"]
 
 _FILTER = f"napari-unetseg model (*{MODEL_SUFFIX});;All files (*)"
@@ -108,8 +109,6 @@ def load_with_dialog(parent: QWidget | None, store: Any) -> SavedModel | None:
     from ..bioimageio_import import is_bioimageio
 
     if Path(text).is_file() and is_bioimageio(text):  # read in a worker; the store gets it
-        from ._bioimageio import load_package
-
         load_package(parent, store, text)
         return None
     try:
@@ -119,3 +118,26 @@ def load_with_dialog(parent: QWidget | None, store: Any) -> SavedModel | None:
         return None
     store.set_model(saved, f"file {Path(text).name}")
     return saved
+
+
+def _read_package(path: str) -> Generator[str, None, SavedModel]:
+    from ..bioimageio_import import load_bioimageio
+
+    yield f"reading the bioimage.io package {Path(path).name}"
+    return load_bioimageio(path)
+
+
+def load_package(owner: Any, store: Any, path: str) -> Any:
+    """Read a bioimage.io package in a worker (kept as ``owner.bioimageio_job``: Qt holds
+    the slots weakly) and make it the viewer's model; returns the job."""
+    from ._worker import Job
+
+    name = Path(path).name
+
+    def done(saved: SavedModel) -> None:
+        store.set_model(saved, f"bioimage.io package {name}")
+        _common.info(f"Loaded the bioimage.io package {name}", owner)
+
+    job = Job(_read_package(path), "Load bioimage.io package", on_result=done, owner=owner)
+    owner.bioimageio_job = job
+    return job.start()
