@@ -18,7 +18,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import demo, evaluate, export, gui, predict, train
-from ._common import CliError, Progress, cli_wording, one_line, parse_slices
+from ._common import (
+    CliError,
+    HelpFormatter,
+    Progress,
+    cli_wording,
+    example,
+    one_line,
+    parse_slices,
+)
 from .evaluate import evaluate_arrays
 from .predict import run_prediction
 
@@ -32,10 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="napari-unetseg",
         description="Train and apply U-Net / UNet++ / residual U-Net segmentation models.",
+        formatter_class=HelpFormatter,
+        epilog=example("napari-unetseg demo", "napari-unetseg predict bundled stack.tif "
+                       "-o labels.tif", "napari-unetseg COMMAND --help   (its options, "
+                       "defaults and an example)"),
     )
     sub = p.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:
         module.add_parser(sub)
+    for parser in sub.choices.values():  # every option's help names its default
+        parser.formatter_class = HelpFormatter
     return p
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 import time
@@ -13,6 +14,35 @@ import numpy as np
 
 class CliError(Exception):
     """An error to report to the user as one line."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` of every subcommand: each option's one-line help ends with its default
+    ("(default: X)", "(default: off)" for a switch) unless it says the default itself (a
+    default of None or "" must, in words: tests/test_cli_help.py checks), and the epilog's
+    example keeps its lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (isinstance(action, argparse._HelpAction) or not action.option_strings
+                or action.required or "default:" in text):
+            return text
+        if action.nargs == 0:  # store_true / store_const
+            return f"{text} (default: off)"
+        if action.default in (None, "", argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(("example:", "examples:")):  # command lines, one per line
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def example(*lines: str) -> str:
+    """A subcommand's ``--help`` epilog: ``example(s):`` and the command lines, indented."""
+    head = "example:" if len(lines) == 1 else "examples:"
+    return head + "\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def interrupted(e: KeyboardInterrupt, detail: str) -> KeyboardInterrupt:

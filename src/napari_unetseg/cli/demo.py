@@ -10,9 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..devices import drain
-from ._common import (
-    Progress,
-)
+from ._common import Progress, example
 from .evaluate import evaluate_arrays
 from .predict import run_prediction
 
@@ -55,12 +53,17 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     from .. import presets
 
-    d = sub.add_parser("demo", help="train briefly on the bundled EM sample and score it")
+    d = sub.add_parser("demo", help="train briefly on the bundled EM sample and score it",
+                       epilog=example("napari-unetseg demo --iterations 100"))
     fast = presets.preset("fast")
-    d.add_argument("--iterations", type=int, default=300)
-    d.add_argument("--arch", default="unet", choices=["unet", "unetpp", "resunet"])
-    d.add_argument("--depth", type=int, default=fast["depth"])
-    d.add_argument("--width", type=int, default=fast["width"])
-    d.add_argument("--patch-size", type=int, default=fast["patch_size"])
-    d.add_argument("--device", default="auto")
+    d.add_argument("--iterations", type=int, default=300, help="training steps")
+    d.add_argument("--arch", default="unet", choices=["unet", "unetpp", "resunet"],
+                   help="network")
+    d.add_argument("--depth", type=int, default=fast["depth"], help="down-sampling levels")
+    d.add_argument("--width", type=int, default=fast["width"],
+                   help="channels of the first level")
+    d.add_argument("--patch-size", type=int, default=fast["patch_size"],
+                   help="patch side in pixels")
+    d.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or mps; auto: CUDA, then MPS, then the CPU")
     d.set_defaults(func=run)

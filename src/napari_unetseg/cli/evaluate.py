@@ -10,6 +10,7 @@ import numpy as np
 
 from ._common import (
     CliError,
+    example,
     read_image,
     select_slices,
 )
@@ -60,10 +61,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    e = sub.add_parser("evaluate", help="score a prediction against ground truth (JSON)")
-    e.add_argument("prediction")
-    e.add_argument("ground_truth")
-    e.add_argument("--slices")
+    e = sub.add_parser("evaluate", help="score a prediction against ground truth (JSON)",
+                       epilog=example("napari-unetseg evaluate probabilities.tif "
+                                      "train-labels.tif --slices 25:30"))
+    e.add_argument("prediction", help="labels in the ground truth's values, or a float "
+                                      "boundary probability map in [0, 1] (TIFF)")
+    e.add_argument("ground_truth", help="ground-truth labels (TIFF)")
+    e.add_argument("--slices", help="slices to score, e.g. 25:30 (a prediction of just "
+                                    "those slices is accepted too); default: all")
     e.add_argument("--boundary-value", type=int, default=0,
                    help="ground-truth value of boundary/membrane pixels (ISBI: 0)")
     e.set_defaults(func=run)

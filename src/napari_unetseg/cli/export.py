@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._common import CliError, check_output, read_image
+from ._common import CliError, check_output, example, read_image
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +45,8 @@ def add_parser(sub: Any) -> None:
 
     e = sub.add_parser(
         "export", help="write a model file as a bioimage.io model package (.zip)",
+        epilog=example("napari-unetseg export model.unetseg -o model.zip --author "
+                       "\"A. Author\" --training-data \"ISBI 2012 slices 0-24\" --test"),
         description="Write a model file as a bioimage.io model package (format 0.5): "
                     "TorchScript and PyTorch state-dict weights, test tensors, a cover and a "
                     "README. Needs the optional libraries: pip install "
@@ -60,11 +62,13 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--license", default=DEFAULT_LICENSE,
                    help="SPDX license of the weights; choose one the training data allows")
     e.add_argument("--training-data", default="",
-                   help="what the model was trained on, its source and terms of use")
+                   help="what the model was trained on, its source and terms of use; "
+                        "default: none (the README says 'not recorded')")
     e.add_argument("--sample", metavar="IMAGE.tif",
                    help="image for the test tensors and the cover (default: the bundled EM "
                         "sample)")
-    e.add_argument("--tag", action="append", help="extra tag; repeat for several")
+    e.add_argument("--tag", action="append",
+                   help="extra tag; repeat for several (default: none)")
     e.add_argument("--test", action="store_true",
                    help="also run bioimageio.core's model test on the package")
     e.add_argument("--overwrite", action="store_true", help="replace an existing package")

@@ -7,9 +7,7 @@ import os
 import sys
 from typing import Any
 
-from ._common import (
-    CliError,
-)
+from ._common import CliError, example
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +38,9 @@ def _check_display() -> None:
 
 
 def add_parser(sub: Any) -> None:
-    g = sub.add_parser("gui", help="open napari with the EM sample and the widgets docked")
+    g = sub.add_parser("gui", help="open napari with the EM sample and the widgets docked",
+                       epilog=example("napari-unetseg gui --widgets Train,Segment,"
+                                      "\"UNet++ levels\""))
     g.add_argument("--no-sample", action="store_true", help="do not open the EM sample")
     g.add_argument("--widgets", default="Train,Segment",
                    help="comma-separated: Train, Segment, Weight map preview, UNet++ levels")

@@ -16,6 +16,7 @@ from ._common import (
     check_channel_axis,
     check_output,
     check_output_store,
+    example,
     interrupted,
     read_image,
     refuse_rgb,
@@ -266,13 +267,21 @@ def _instances(probabilities: Any, saved, args: argparse.Namespace) -> np.ndarra
 
 
 def add_parser(sub: Any) -> None:
-    r = sub.add_parser("predict", help="segment an image or stack (TIFF) with a model file")
+    r = sub.add_parser(
+        "predict", help="segment an image or stack (TIFF) with a model file",
+        epilog=example("napari-unetseg predict model.unetseg stack.tif -o labels.tif",
+                       "napari-unetseg predict bundled stack.tif -o cells.tif --output "
+                       "instances --boundary-class 0",
+                       "napari-unetseg predict model.unetseg big.zarr -o out.zarr "
+                       "--block 2,2048,2048"))
     r.add_argument("model", help="model file (.unetseg), bioimage.io package (.zip, rdf.yaml) "
                    "with TorchScript weights, or 'bundled' for the bundled EM membrane model")
-    r.add_argument("image")
+    r.add_argument("image", help="image or stack (TIFF), or a zarr array (with -o OUT.zarr)")
     r.add_argument("-o", dest="output", required=True, metavar="OUT.tif",
                    help="TIFF file to write, or OUT.zarr: blockwise, resumable (see --block)")
-    r.add_argument("--level", default=None, help="UNet++: accurate or 1..depth")
+    r.add_argument("--level", default=None,
+                   help="UNet++: accurate (the full network) or a faster, pruned 1..depth; "
+                        "default: accurate")
     r.add_argument("--tile", default="auto",
                    help="largest input tile in pixels; auto: 1024 on CUDA, 384 on a CPU")
     r.add_argument("--halo", default="auto",
@@ -281,12 +290,13 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--overlap", default="auto",
                    help="blended overlap of output tiles, a fraction; auto: 0 with a halo, "
                         "else 0.125")
-    r.add_argument("--slices")
+    r.add_argument("--slices", help="slices of the stack to segment, e.g. 25:30 or 7; "
+                                    "default: all")
     r.add_argument("--output", dest="output_kind",
                    choices=["probabilities", "labels", "instances"], default="labels",
                    help="labels: argmax in the training label values; probabilities: float32 "
                         "(Z, C, Y, X), or (Z, Y, X) with --class K; instances: connected "
-                        "objects of the foreground class (--class K, default the last), or "
+                        "objects of the foreground class (--class K; the last if not given), or "
                         "the regions between boundaries (--boundary-class K)")
     r.add_argument("--split-touching", action="store_true",
                    help="instances: split touching objects by a distance-transform watershed")
@@ -304,19 +314,27 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--seed-threshold", type=float, default=d.threshold,
                    help="--boundary-class: interior below this boundary probability")
     r.add_argument("--smooth", type=float, default=d.sigma,
-                   help="--boundary-class: Gaussian smoothing of p(K), pixels")
+                   help="--boundary-class: Gaussian smoothing of p(K), sigma in pixels")
     r.add_argument("--seed-h", type=float, default=d.h,
                    help="--boundary-class: h-maxima height in pixels (distance) or h-minima "
                         "depth (minima)")
     r.add_argument("--min-size", type=int, default=d.min_size,
                    help="--boundary-class: merge objects smaller than this (pixels)")
-    r.add_argument("--device", default="auto")
-    r.add_argument("--tta", action="store_true", help="flip test-time augmentation")
-    r.add_argument("--block", help="OUT.zarr: block (and chunk) shape Z,Y,X; default 2,2048,2048")
+    r.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or mps; auto: CUDA, then MPS, then the CPU")
+    r.add_argument("--tta", action="store_true",
+                   help="flip test-time augmentation (4 passes, averaged)")
+    r.add_argument("--block", help="OUT.zarr: block (and chunk) shape Z,Y,X; default: 2,2048,2048")
     r.add_argument("--scheduler", metavar="ADDRESS",
-                   help="OUT.zarr: run the blocks on this dask scheduler (tcp://host:8786)")
-    r.add_argument("--class", dest="class_index", type=int, default=None)
+                   help="OUT.zarr: run the blocks on this dask scheduler (tcp://host:8786); "
+                        "default: none, this process")
+    r.add_argument("--class", dest="class_index", type=int, default=None, metavar="K",
+                   help="probabilities: only class K's map; instances: objects of class K; "
+                        "default: every class's map, or the last class's objects")
     r.add_argument("--channel-axis", type=int, default=None,
-                   help="axis of the image holding channels, for a multichannel model")
-    r.add_argument("--overwrite", action="store_true")
+                   help="axis of the image holding channels, for a multichannel model; "
+                        "default: none (one channel)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (a zarr output restarts instead of "
+                        "resuming)")
     r.set_defaults(func=run)

@@ -15,6 +15,7 @@ from ._common import (
     Progress,
     check_channel_axis,
     check_output,
+    example,
     interrupted,
     read_image,
     summary,
@@ -151,33 +152,52 @@ def _count_classes(labels: np.ndarray, mode: str) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    t = sub.add_parser("train", help="train a model on an image and a label image (TIFF)")
-    t.add_argument("image")
-    t.add_argument("labels")
+    t = sub.add_parser(
+        "train", help="train a model on an image and a label image (TIFF)",
+        epilog=example("napari-unetseg train volume.tif labels.tif -o model.unetseg "
+                       "--slices 0:25", "napari-unetseg train volume.tif strokes.tif "
+                       "-o model.unetseg --labels-mode sparse --init bundled"))
+    t.add_argument("image", help="image or stack (TIFF), (Z,) Y, X")
+    t.add_argument("labels", help="label image (TIFF) of the same shape (see --labels-mode)")
     t.add_argument("-o", "--output", required=True, help="model file to write (.unetseg)")
     t.add_argument("--arch", default=None, choices=["unet", "unetpp", "resunet"],
-                   help="default: unet (or the --resume model's)")
-    t.add_argument("--labels-mode", default="dense", choices=["sparse", "dense", "instances"])
-    t.add_argument("--slices", help="slices of the stack to train on, e.g. 0:25")
+                   help="network; default: unet (or the --resume model's)")
+    t.add_argument("--labels-mode", default="dense", choices=["sparse", "dense", "instances"],
+                   help="sparse: strokes 1..K, 0 unlabelled; dense: every pixel a class value; "
+                        "instances: objects (0 = background) trained with border weights")
+    t.add_argument("--slices", help="slices of the stack to train on, e.g. 0:25 or 7; "
+                                    "default: all")
     t.add_argument("--preset", default="fast", choices=["fast", "paper"],
-                   help="fast: small network for a CPU (default); paper: width 64, for a GPU")
-    t.add_argument("--iterations", type=int, default=None, help="default: from the preset")
-    t.add_argument("--depth", type=int, default=None)
-    t.add_argument("--width", type=int, default=None)
-    t.add_argument("--classes", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--patch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--loss", default="ce", choices=["ce", "wce", "dice", "bce_dice"])
-    t.add_argument("--optimizer", choices=["adam", "sgd"])
-    t.add_argument("--device", default="auto")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--channel-axis", type=int, default=None)
-    t.add_argument("--resume", help="model file to continue training from")
+                   help="fast: small network for a CPU; paper: width 64, for a GPU")
+    t.add_argument("--iterations", type=int, default=None,
+                   help="training steps; default: from the preset (fast: 400)")
+    t.add_argument("--depth", type=int, default=None,
+                   help="down-sampling levels; default: from the preset (fast: 4)")
+    t.add_argument("--width", type=int, default=None,
+                   help="channels of the first level; default: from the preset (fast: 16)")
+    t.add_argument("--classes", type=int, default=None,
+                   help="output classes; default: from the labels (sparse: largest value, "
+                        "dense: distinct values, instances: 2)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="patches per step; default: from the preset (fast: 4)")
+    t.add_argument("--patch-size", type=int, default=None,
+                   help="patch side in pixels; default: from the preset (fast: 192)")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    t.add_argument("--loss", default="ce", choices=["ce", "wce", "dice", "bce_dice"],
+                   help="ce: cross-entropy; wce: weighted by the U-Net border map (instances "
+                        "mode); dice: soft Dice; bce_dice: the UNet++ loss")
+    t.add_argument("--optimizer", choices=["adam", "sgd"], help="default: adam")
+    t.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or mps; auto: CUDA, then MPS, then the CPU")
+    t.add_argument("--seed", type=int, default=0, help="random seed (patches, weights)")
+    t.add_argument("--channel-axis", type=int, default=None,
+                   help="axis of the image holding channels; default: none (one channel)")
+    t.add_argument("--resume", help="model file to continue training from; default: none "
+                                    "(a new model)")
     t.add_argument("--init", default="scratch", metavar="{scratch,bundled,PATH}",
                    help="where training starts: random weights (scratch), the bundled EM "
                         "membrane model, or a model file; with a model the network is its "
                         "architecture (no --arch/--depth/--width) and a different class "
                         "count gets a new output head")
-    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     t.set_defaults(func=run)
