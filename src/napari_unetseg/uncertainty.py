@@ -147,25 +147,37 @@ def uncertainty(
     batch_size : int
         Tiles per forward pass.
 
+    Returns
+    -------
+    generator
+        Yields :class:`~napari_unetseg.inference.ProgressEvent` s and returns an
+        :class:`UncertaintyResult`.
+
     Raises
     ------
     ValueError, TypeError
-        Bad methods ('heads' without UNet++ heads), image or slices, before any work.
+        Bad methods ('heads' without UNet++ heads), image or slices, at the call (before
+        any work).
     """
-    t0 = time.perf_counter()
     methods = _check_methods(methods, model)
     lay = _layout(image, None)
     if lay.channels != 1:
         raise ValueError(f"image must have one channel, got {lay.channels}")
     indices = _slice_indices(lay, slices)
     dev = resolve_device(device)
-    cfg = model.config
-    geo = tile_geometry(model, cfg, lay.shape, dev, tile=tile, halo=0, overlap="auto")
+    geo = tile_geometry(model, model.config, lay.shape, dev, tile=tile, halo=0,
+                        overlap="auto")
     plan = plan_tiles(lay.shape, geo.tile, overlap=geo.overlap, margin=geo.margin,
                       align=geo.align)
+    return _run(model, image, normalization, methods, lay, indices, dev, plan, batch_size)
+
+
+def _run(model, image, normalization, methods, lay, indices, dev, plan, batch_size
+         ) -> Generator[ProgressEvent, None, UncertaintyResult]:
+    t0 = time.perf_counter()
     net = inference_network(model, dev)
     fn = _predictor(net, methods, dev.type in ("cpu", "cuda"))
-    k = cfg.classes
+    k = model.config.classes
     probs = np.zeros((len(indices), k, *lay.shape), np.float32)
     maps = np.zeros((len(methods), len(indices), *lay.shape), np.float32)
     total = plan.n_tiles * len(indices)

@@ -9,7 +9,9 @@
   array) and hands a copy of its data to the run once the painting pauses for
   :data:`DEBOUNCE_MS`.
 - :func:`show_preview` writes the preview layer without taking the selection, the active
-  layer or the tool away from the layer the user paints.
+  layer or the tool away from the layer the user paints (:func:`place_above`).
+- :meth:`LiveTraining.request_model` asks the run for a copy of its model, taken between two
+  steps and yielded as a :class:`ModelCopy` (e.g. for the "where to paint next" layer).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from ..training import TrainEvent, TrainResult, TrainRun, train
 from . import _common
 
 __all__ = [
-    "DEBOUNCE_MS", "PREVIEW_S", "LabelsApplied", "LabelsFeed", "LiveTraining", "Preview",
-    "kept_selection", "show_preview", "status_text",
+    "DEBOUNCE_MS", "PREVIEW_S", "LabelsApplied", "LabelsFeed", "LiveTraining", "ModelCopy",
+    "Preview", "kept_selection", "place_above", "show_preview", "status_text",
 ]
 
 #: Default seconds between two previews of the slice on screen.
@@ -45,6 +47,15 @@ class Preview(NamedTuple):
     step: int
     z: int
     labels: np.ndarray
+
+
+class ModelCopy(NamedTuple):
+    """A copy of the model being trained (CPU, eval mode) after ``step`` steps."""
+
+    step: int
+    model: Any
+    normalization: Any
+    class_values: tuple[int, ...]
 
 
 class LabelsApplied(NamedTuple):
@@ -94,6 +105,7 @@ class LiveTraining:
         self.run: TrainRun | None = None
         self._lock = threading.Lock()
         self._early: np.ndarray | None = None  # painted before the run existed
+        self._want_model = False
 
     def update_labels(self, labels: np.ndarray) -> None:
         """Train on ``labels`` from the run's next step (any thread; a copy is taken)."""
@@ -104,6 +116,10 @@ class LiveTraining:
             run = self.run
         with contextlib.suppress(ValueError):  # another shape: the run keeps its labels
             run.update_labels(labels)
+
+    def request_model(self) -> None:
+        """Ask for a :class:`ModelCopy` after the next step (any thread)."""
+        self._want_model = True
 
     def _start(self) -> TrainRun:
         gen = train(self.image, self._labels, self.model_config, self.train_config,
@@ -129,6 +145,10 @@ class LiveTraining:
                     result = finished.value
                     break
                 yield event
+                if self._want_model:
+                    self._want_model = False
+                    net = copy.deepcopy(run.model).to("cpu").eval()
+                    yield ModelCopy(event.step, net, run.normalization, run.class_values)
                 inbox = run.labels
                 if (inbox.version, inbox.problem) != seen:
                     seen = (inbox.version, inbox.problem)
@@ -226,6 +246,14 @@ def kept_selection(viewer: Any) -> Iterator[None]:
             active.mode = mode
 
 
+def place_above(viewer: Any, layer: Any, image: Any) -> None:
+    """Move ``layer`` just above ``image`` in the layer list (under the strokes painted on
+    it); the selection is not changed."""
+    at, above = viewer.layers.index(layer), viewer.layers.index(image) + 1
+    if at != above:
+        viewer.layers.move(at, above if above < at else above - 1)
+
+
 def show_preview(viewer: Any, owner: str, image: Any, preview: Preview) -> Any:
     """Write ``preview`` into the owner's preview layer of ``image`` (other slices blank).
 
@@ -248,9 +276,7 @@ def show_preview(viewer: Any, owner: str, image: Any, preview: Preview) -> Any:
     with kept_selection(viewer):
         layer = _common.put_output(viewer, owner, "preview", image, data, "labels",
                                    f"{image.name} preview", opacity=0.5)
-        at, above = viewer.layers.index(layer), viewer.layers.index(image) + 1
-        if at != above:
-            viewer.layers.move(at, above if above < at else above - 1)
+        place_above(viewer, layer, image)
     return layer
 
 

@@ -30,10 +30,12 @@ from ._live import (
     LabelsApplied,
     LabelsFeed,
     LiveTraining,
+    ModelCopy,
     Preview,
     show_preview,
     status_text,
 )
+from ._paint_next import PaintNextPanel
 from ._plot import LinePlot
 from ._registry import store_for
 from ._train_form import LABELS_MODES, TrainForm
@@ -83,6 +85,8 @@ class TrainWidget(QWidget):
         self.loss_plot = LinePlot("loss", ("train", "val"))
         self.dice_plot = LinePlot("validation Dice", ("val",), y_range=(0.0, 1.0))
         self.feed = LabelsFeed(self.subscriptions, self._painted, self)
+        self.paint_next = PaintNextPanel(napari_viewer, self.owner, self._model_for_paint_next,
+                                         self)
         self._layout()
         self.train_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
@@ -109,6 +113,7 @@ class TrainWidget(QWidget):
         box.addWidget(self.status)
         box.addWidget(self.loss_plot)
         box.addWidget(self.dice_plot)
+        box.addWidget(self.paint_next)
         box.addLayout(files)
         box.addStretch(1)
 
@@ -239,9 +244,28 @@ class TrainWidget(QWidget):
         if self.live is not None and self.job is not None and self.job.running:
             self.live.update_labels(labels)
 
+    def _model_for_paint_next(self) -> bool:
+        """Hand the panel a model: a copy of the one training (at its next step), else the
+        trained or loaded one."""
+        if self.live is not None and self.job is not None and self.job.running:
+            self.live.request_model()
+            return True
+        image = self._source if self._source in self.viewer.layers else (
+            self.image_picker.layer())
+        if self.saved is None or image is None:
+            _common.error("Where to paint next: train or load a model, and pick the image.")
+            return False
+        self.paint_next.compute(self.saved.model, self.saved.normalization, image,
+                                self.form.device.currentText())
+        return True
+
     def _on_event(self, event: Any) -> int | None:
         if isinstance(event, Preview):
             self._show_preview(event)
+            return None
+        if isinstance(event, ModelCopy):
+            self.paint_next.compute(event.model, event.normalization, self._source,
+                                    self.form.device.currentText())
             return None
         if isinstance(event, LabelsApplied):
             self._note = (f"new strokes not used: {event.problem}" if event.problem

@@ -1,0 +1,180 @@
+"""Where to paint next: do strokes placed where the model is uncertain beat random strokes?
+
+The loop of the Train widget, simulated on ISBI 2012 (train on slices 0-24, score 25-29):
+
+1. **Round 1.** Simulated strokes (:func:`napari_unetseg.strokes.membrane_strokes`, 40 per
+   slice) on slices 0 and 1; a UNet++ trains from scratch for ``--round1`` steps.
+2. **Uncertainty.** The round-1 model's maps (:mod:`napari_unetseg.uncertainty`: predictive
+   entropy, flip-TTA variance, UNet++ head disagreement) on the candidate slices 2-24. How well
+   each points at the model's errors (argmax class != ground truth) is its ROC AUC over the
+   pixels, and how well its slice means rank the slices by error rate is a Spearman rho.
+3. **Round 2.** ``--add-slices`` slices get ``--strokes`` new strokes each, placed
+   - ``random``: on random candidate slices, starts drawn uniformly (a user without a hint);
+   - ``<method>``: on the slices the method ranks most uncertain ("jump to the worst slice"),
+     starts drawn with probability proportional to the uncertainty smoothed over
+     ``--smooth`` px (a user painting where the layer is hot).
+   Each condition continues training the round-1 model for ``--round2`` steps on all its
+   strokes, with the same seed, and is scored on slices 25-29 (V_Rand / V_Info, best over the
+   ISBI threshold sweep, membrane probability, no TTA).
+
+Step counts, not seconds, so that a loaded machine gives the same numbers. Every seed redraws
+the round-1 strokes, the training and the random slices.
+
+    python benchmarks/where_to_paint.py --seeds 0,1,2 --json docs/benchmarks/where_to_paint.json
+    python benchmarks/where_to_paint.py --quick       # a few-minute smoke run
+
+Data: ../shared/data/isbi2012 (or --data); the ISBI 2012 challenge data of Arganda-Carreras et al.
+2015, images from Cardona et al. 2010.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+from scipy import ndimage as ndi
+from scipy.stats import rankdata, spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import emit  # noqa: E402
+
+from napari_unetseg import metrics  # noqa: E402
+from napari_unetseg.config import ModelConfig  # noqa: E402
+from napari_unetseg.inference import InferenceConfig, predict  # noqa: E402
+from napari_unetseg.strokes import membrane_strokes  # noqa: E402
+from napari_unetseg.training import TrainConfig, fit  # noqa: E402
+from napari_unetseg.uncertainty import METHODS, rank_slices, uncertainty_maps  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared/data/isbi2012"
+FIRST = (0, 1)  # round-1 slices
+CANDIDATES = tuple(range(2, 25))  # where round-2 strokes may go
+TEST = slice(25, 30)
+
+
+def auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC of ``score`` for ``positive`` (Mann-Whitney U, ties averaged)."""
+    s, p = score.ravel(), positive.ravel().astype(bool)
+    n_pos, n_neg = int(p.sum()), int((~p).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[p].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def membrane_prob(result, image: np.ndarray) -> np.ndarray:
+    res = predict(result.model, image, normalization=result.normalization,
+                  config=InferenceConfig(device="cpu"))
+    return np.asarray(res.probabilities, np.float32)[:, list(result.class_values).index(1)]
+
+
+def score(result, image: np.ndarray, gt: np.ndarray) -> dict:
+    s = metrics.isbi_scores(membrane_prob(result, image), gt)
+    return {"v_rand": round(s["v_rand"], 4), "v_info": round(s["v_info"], 4)}
+
+
+def how_well_it_points(unc, gt: np.ndarray) -> dict:
+    """AUC of each map for the model's pixel errors and Spearman rho of slice means vs slice
+    error rates, over the candidate slices."""
+    truth = np.where(gt[list(CANDIDATES)] == 0, 0, 1)  # class index: 0 membrane, 1 cell
+    wrong = unc.probabilities.argmax(1) != truth
+    out = {"pixel_error": round(float(wrong.mean()), 4)}
+    for name, m in unc.maps.items():
+        rho = spearmanr(m.reshape(len(m), -1).mean(1), wrong.reshape(len(m), -1).mean(1))[0]
+        out[name] = {"auc": round(auroc(m, wrong), 4), "slice_rho": round(float(rho), 3)}
+    return out
+
+
+def add_strokes(gt: np.ndarray, old: np.ndarray, where: str, unc, args, seed: int
+                ) -> tuple[np.ndarray, list[int]]:
+    """Round-1 strokes plus the new ones of one condition, and the slices painted."""
+    rng = np.random.default_rng([seed, 7])
+    if where == "random":
+        slices = sorted(rng.choice(CANDIDATES, args.add_slices, replace=False).tolist())
+        weights = None
+    else:
+        ranked = rank_slices(unc.maps[where], unc.slices)
+        slices = sorted(z for z, _ in ranked[: args.add_slices])
+        weights = np.zeros(gt.shape, np.float64)
+        for i, z in enumerate(unc.slices):
+            if z in slices:
+                weights[z] = ndi.gaussian_filter(unc.maps[where][i].astype(np.float64),
+                                                 args.smooth) ** 2
+    new = membrane_strokes(gt, slices=slices, n_strokes=args.strokes, seed=1000 + seed,
+                           where=weights)
+    return np.where(old > 0, old, new), slices
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--round1", type=int, default=300, help="steps from scratch")
+    p.add_argument("--round2", type=int, default=200, help="steps after the new strokes")
+    p.add_argument("--add-slices", type=int, default=2)
+    p.add_argument("--strokes", type=int, default=20, help="new strokes per added slice")
+    p.add_argument("--smooth", type=float, default=8.0, help="px, Gaussian on the map")
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--width", type=int, default=8)
+    p.add_argument("--patch", type=int, default=128)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few steps")
+    p.add_argument("--json")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.seeds, args.round1, args.round2, args.width = "0", 40, 20, 4
+    methods = [m for m in args.methods.split(",") if m]
+    image = tifffile.imread(args.data / "train-volume.tif")
+    gt = tifffile.imread(args.data / "train-labels.tif")
+    train_img, train_gt = image[:25], gt[:25]
+    model_cfg = ModelConfig(arch="unetpp", depth=args.depth, width=args.width)
+    rows, t_start = [], time.perf_counter()
+    for seed in (int(s) for s in args.seeds.split(",")):
+        cfg = TrainConfig(iterations=args.round1, batch_size=args.batch, patch_size=args.patch,
+                          device="cpu", val_fraction=0, seed=seed)
+        first = membrane_strokes(train_gt, slices=FIRST, seed=seed)
+        r1 = fit(train_img, first, model_cfg, cfg)
+        unc = uncertainty_maps(r1.model, train_img, normalization=r1.normalization,
+                               methods=methods, slices=CANDIDATES)
+        row = {"seed": seed, "round1": score(r1, image[TEST], gt[TEST]),
+               "pointing": how_well_it_points(unc, train_gt), "round2": {}}
+        print(f"seed {seed} round 1 {row['round1']} pointing {row['pointing']}", flush=True)
+        cfg2 = TrainConfig(**{**cfg.to_dict(), "iterations": args.round2,
+                              "augment": cfg.augment})
+        for where in ["random", *methods]:
+            strokes, slices = add_strokes(train_gt, first, where, unc, args, seed)
+            r2 = fit(train_img, strokes, model_cfg, cfg2, resume=r1)
+            s = {**score(r2, image[TEST], gt[TEST]), "slices": slices,
+                 "painted": int((strokes > 0).sum() - (first > 0).sum())}
+            row["round2"][where] = s
+            print(f"seed {seed} round 2 {where:8s} {s}", flush=True)
+        rows.append(row)
+    summary = {}
+    for where in ["random", *methods]:
+        vals = {k: [r["round2"][where][k] for r in rows] for k in ("v_rand", "v_info")}
+        summary[where] = {f"{k}_mean": round(float(np.mean(v)), 4) for k, v in vals.items()}
+        summary[where].update({f"{k}_sd": round(float(np.std(v)), 4) for k, v in vals.items()})
+        if where != "random":
+            for k in ("v_rand", "v_info"):
+                d = [r["round2"][where][k] - r["round2"]["random"][k] for r in rows]
+                summary[where][f"{k}_minus_random"] = [round(x, 4) for x in d]
+        print(f"{where:8s} {summary[where]}", flush=True)
+    emit({"benchmark": "where_to_paint", "data": "ISBI 2012: strokes on 0-24, scored on 25-29",
+          "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+          "torch": torch.__version__, "settings": vars(args) | {"data": str(args.data)},
+          "seconds": round(time.perf_counter() - t_start, 1), "rows": rows,
+          "summary": summary}, args.json)
+
+
+if __name__ == "__main__":
+    main()
