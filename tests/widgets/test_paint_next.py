@@ -36,7 +36,7 @@ def test_uncertainty_layer_keeps_the_image_visible_and_the_jump_goes_to_the_wors
     assert layer.blending == "translucent" and layer.opacity < 1
     assert layer.colormap.map(np.array([0.0]))[0, 3] == 0
     assert layer.colormap.map(np.array([1.0]))[0, 3] > 0.5
-    assert 0 <= layer.data.min() and layer.data.max() <= 1 and layer.data.max() > 0
+    assert layer.data.min() >= 0 and layer.data.max() <= 1 and layer.data.max() > 0
     means = layer.data.reshape(2, -1).mean(1)
     click(panel.jump_button)
     assert viewer.dims.current_step[0] == int(np.argmax(means))

@@ -76,7 +76,8 @@ class TrainWidget(QWidget):
         self.image_picker = LayerPicker(napari_viewer, Image, exclude_marked=True)
         self.labels_picker = LayerPicker(napari_viewer, Labels, follow_active=True)
         self.form = TrainForm()
-        self.train_button, self.cancel_button = QPushButton("Train"), QPushButton("Cancel")
+        self.train_button, self.cancel_button = QPushButton("Train"), QPushButton("Stop")
+        self.cancel_button.setToolTip("stop after the current step and keep the best model")
         self.save_button, self.load_button = QPushButton("Save model…"), QPushButton("Load model…")
         self.export_button = QPushButton("Export bioimage.io…")
         self.export_button.setToolTip("write the model as a bioimage.io model package (.zip) "
