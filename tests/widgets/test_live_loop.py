@@ -168,3 +168,29 @@ def test_stop_keeps_the_best_model(viewer, train_tiny, click, qtbot, wait_job, v
     for key, value in validate_often["state"].items():
         torch.testing.assert_close(state[key], value, msg=key)
     assert "kept the best model (step 4" in train.status.text()
+
+
+def test_a_time_budget_ends_training_on_time_and_the_status_counts_it(viewer, train_tiny, click,
+                                                                       qtbot, wait_job):
+    train = train_tiny(arch="U-Net", iterations=FOREVER, preview_every=0)
+    train.form.budget.setValue(2)
+    assert train.form.train_config().time_budget_s == 2.0
+    texts, set_text = [], train.status.setText
+    train.status.setText = lambda text: texts.append(text) or set_text(text)
+    click(train.train_button)
+    assert train.job.bar.total == 2  # the progress bar counts seconds
+    wait_job(train, timeout=60_000)
+    assert any(" of 0:02 · " in text for text in texts)
+    meta = train.saved.metadata
+    assert meta["out_of_time"] and not meta["stopped"] and meta["steps"] < FOREVER
+    train.form.budget.setValue(0)
+    assert train.form.budget.text() == "no limit"
+    assert train.form.train_config().time_budget_s is None
+
+
+def test_status_text_says_what_is_left():
+    event = training.TrainEvent(12, 0, 0.25, None, None, 8.0, 75.4, 1e-3, 30.0)
+    assert _live.status_text(event) == "step 12 · loss 0.2500 · 1:15 left"
+    text = _live.status_text(event, 0.8123, "strokes updated (2×)", budget_s=3700)
+    assert text == ("step 12 · loss 0.2500 · val Dice 0.812 · 0:30 of 1:01:40 · 1:15 left · "
+                    "strokes updated (2×)")

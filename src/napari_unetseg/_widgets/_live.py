@@ -286,11 +286,15 @@ def _clock(seconds: float) -> str:
         f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}")
 
 
-def status_text(event: TrainEvent, val_dice: float | None = None, note: str = "") -> str:
-    """The status line of a running training: step, loss, last validation Dice, time left."""
+def status_text(event: TrainEvent, val_dice: float | None = None, note: str = "",
+                budget_s: float | None = None) -> str:
+    """The status line of a running training: step, loss, last validation Dice, time left
+    (and the time trained of the budget, with one)."""
     parts = [f"step {event.step}", f"loss {event.loss:.4f}"]
     if val_dice is not None:
         parts.append(f"val Dice {val_dice:.3f}")
+    if budget_s:
+        parts.append(f"{_clock(event.elapsed_s)} of {_clock(budget_s)}")
     parts.append(f"{_clock(event.eta_s)} left")
     if note:
         parts.append(note)

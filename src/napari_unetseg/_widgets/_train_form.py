@@ -88,6 +88,11 @@ class TrainForm(QWidget):
         self.augment = QCheckBox("augmentation (flips, rotations, elastic)")
         self.augment.setChecked(True)
         self.iterations, self.batch = _spin(1, 1_000_000, 300, 50), _spin(1, 256, 4)
+        self.budget = _spin(0, 7 * 24 * 3600, 0, 30)
+        self.budget.setSuffix(" s")
+        self.budget.setSpecialValueText("no limit")
+        self.budget.setToolTip("stop after this many seconds of training, with the learning "
+                               "rate decayed over them (no limit: after the iterations)")
         self.patch = _spin(16, 2048, 128, 16)
         self.lr = QDoubleSpinBox()
         self.lr.setDecimals(6)
@@ -119,7 +124,7 @@ class TrainForm(QWidget):
         adv = QFormLayout()
         for label, field in (
             ("depth", self.depth), ("width", self.width), ("loss", self.loss),
-            ("", self.augment), ("iterations", self.iterations),
+            ("", self.augment), ("iterations", self.iterations), ("time budget", self.budget),
             ("learning rate", self.lr), ("batch", self.batch), ("patch size", self.patch),
             ("device", self.device), ("preview every", self.preview_every),
         ):
@@ -174,6 +179,7 @@ class TrainForm(QWidget):
         """The training settings; raises ValueError/TypeError on bad values."""
         return TrainConfig(
             iterations=self.iterations.value(), batch_size=self.batch.value(),
+            time_budget_s=float(self.budget.value()) or None,
             patch_size=self.patch.value(), lr=float(self.lr.value()),
             loss=self.loss.currentText(), device=self.device.currentText(),
             augment=AugmentConfig() if self.augment.isChecked() else AugmentConfig.off(),

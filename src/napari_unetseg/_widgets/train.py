@@ -218,7 +218,9 @@ class TrainWidget(QWidget):
         )
         self.feed.watch(labels)
         self._note = ""
-        self.job = Job(self.live.events(), "Training", total=train_cfg.iterations,
+        self._budget = train_cfg.time_budget_s
+        total = int(self._budget) if self._budget else train_cfg.iterations
+        self.job = Job(self.live.events(), "Training", total=total,
                        on_event=self._on_event, on_result=self._on_result,
                        on_finished=self._on_finished, owner=self)
         self._set_running(True)
@@ -276,8 +278,9 @@ class TrainWidget(QWidget):
         self.loss_plot.add("val", event.step, event.val_loss)
         self.dice_plot.add("val", event.step, event.val_dice)
         val = self.dice_plot.data["val"]
-        self.status.setText(status_text(event, val[-1][1] if val else None, self._note))
-        return event.step
+        self.status.setText(status_text(event, val[-1][1] if val else None, self._note,
+                                        self._budget))
+        return int(event.elapsed_s) if self._budget else event.step
 
     def _show_preview(self, preview: Preview) -> None:
         image = self._source
