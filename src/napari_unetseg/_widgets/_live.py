@@ -4,7 +4,8 @@
   painted meanwhile reach the run through :meth:`LiveTraining.update_labels` (any thread) and
   enter its training set before its next step. Every ``every_s`` seconds, and at once when
   the user moves to another slice, a copy of the model segments the slice on screen
-  (:class:`Preview`); when the run ends, the model it kept is previewed once more.
+  (:class:`Preview`); when the run ends, the model it kept is previewed once more. Previews
+  are spaced so that they take at most a quarter of the time (:data:`PREVIEW_SPACING`).
 - :class:`LabelsFeed` follows the painted Labels layer (paint, fill, erase, undo, a new
   array) and hands a copy of its data to the run once the painting pauses for
   :data:`DEBOUNCE_MS`.
@@ -39,6 +40,9 @@ __all__ = [
 PREVIEW_S = 3.0
 #: Quiet time after the last brush event before the labels go to the running training.
 DEBOUNCE_MS = 250
+#: Previews take at most 1 / (1 + PREVIEW_SPACING) of the time: after a preview that took
+#: ``c`` seconds the next one waits at least ``PREVIEW_SPACING * c`` (a slow CPU, a big slice).
+PREVIEW_SPACING = 3.0
 
 
 class Preview(NamedTuple):
@@ -136,7 +140,7 @@ class LiveTraining:
         :class:`~napari_unetseg.training.TrainResult`."""
         run = self._start()
         seen = (0, None)
-        last_t, last_z = time.perf_counter(), None
+        last_t, last_z, gap = time.perf_counter(), None, self.every_s
         try:
             while True:
                 try:
@@ -154,10 +158,12 @@ class LiveTraining:
                     seen = (inbox.version, inbox.problem)
                     yield LabelsApplied(*seen)
                 z = self.where()
-                if self.every_s and (z != last_z or time.perf_counter() - last_t >= self.every_s):
+                if self.every_s and (z != last_z or time.perf_counter() - last_t >= gap):
+                    t = time.perf_counter()
                     preview = _preview(run.model, run.normalization, run.class_values,
                                        run.device, self.image, z, event.step)
                     last_t, last_z = time.perf_counter(), z
+                    gap = max(self.every_s, PREVIEW_SPACING * (last_t - t))
                     if preview is not None:
                         yield preview
         finally:
