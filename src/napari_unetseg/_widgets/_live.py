@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import threading
 import time
+import weakref
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, NamedTuple
 
@@ -33,7 +35,7 @@ from . import _common
 
 __all__ = [
     "DEBOUNCE_MS", "PREVIEW_S", "LabelsApplied", "LabelsFeed", "LiveTraining", "ModelCopy",
-    "Preview", "kept_selection", "place_above", "show_preview", "status_text",
+    "Preview", "kept_selection", "place_above", "show_preview", "status_text", "weak_callback",
 ]
 
 #: Default seconds between two previews of the slice on screen.
@@ -43,6 +45,21 @@ DEBOUNCE_MS = 250
 #: Previews take at most 1 / (1 + PREVIEW_SPACING) of the time: after a preview that took
 #: ``c`` seconds the next one waits at least ``PREVIEW_SPACING * c`` (a slow CPU, a big slice).
 PREVIEW_SPACING = 3.0
+
+
+def weak_callback(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, holding a bound method's object weakly (a child of a widget that calls the
+    widget back must not keep it alive: Qt widgets in reference cycles are collected in an
+    order that can crash); once the object is gone the call does nothing."""
+    if not inspect.ismethod(fn):
+        return fn
+    ref = weakref.WeakMethod(fn)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        method = ref()
+        return None if method is None else method(*args, **kwargs)
+
+    return call
 
 
 class Preview(NamedTuple):
@@ -158,6 +175,7 @@ class LiveTraining:
                     seen = (inbox.version, inbox.problem)
                     yield LabelsApplied(*seen)
                 z = self.where()
+                z = (last_z or 0) if z is None else z  # None: the widget is gone
                 if self.every_s and (z != last_z or time.perf_counter() - last_t >= gap):
                     t = time.perf_counter()
                     preview = _preview(run.model, run.normalization, run.class_values,
@@ -169,9 +187,10 @@ class LiveTraining:
         finally:
             run.close()
         if self.every_s:  # the model the run kept
-            steps = int(result.metadata.get("steps", 0))
+            steps, z = int(result.metadata.get("steps", 0)), self.where()
             preview = _preview(result.model, result.normalization, result.class_values, "cpu",
-                               self.image, self.where(), steps) if steps else None
+                               self.image, last_z or 0 if z is None else z,
+                               steps) if steps else None
             if preview is not None:
                 yield preview
         return result
@@ -189,7 +208,7 @@ class LabelsFeed(QObject):
     def __init__(self, subscriptions: _common.Subscriptions, sink: Callable[[np.ndarray], None],
                  parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._subs, self._sink = subscriptions, sink
+        self._subs, self._sink = subscriptions, weak_callback(sink)
         self.layer: Any = None
         self._sent: np.ndarray | None = None
         self.timer = QTimer(self)

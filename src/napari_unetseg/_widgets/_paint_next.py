@@ -20,7 +20,7 @@ from qtpy.QtWidgets import QComboBox, QGridLayout, QLabel, QPushButton, QWidget
 
 from ..uncertainty import rank_slices, uncertainty
 from . import _common
-from ._live import kept_selection, place_above
+from ._live import kept_selection, place_above, weak_callback
 from ._worker import Job
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class PaintNextPanel(QWidget):
     def __init__(self, viewer: napari.Viewer, owner: str, request: Callable[[], bool],
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer, self.owner, self._request = viewer, owner, request
+        self.viewer, self.owner, self._request = viewer, owner, weak_callback(request)
         self.job: Job | None = None
         self.ranking: list[tuple[int, float]] = []
         self._next = 0

@@ -34,6 +34,7 @@ from ._live import (
     Preview,
     show_preview,
     status_text,
+    weak_callback,
 )
 from ._paint_next import PaintNextPanel
 from ._plot import LinePlot
@@ -213,8 +214,9 @@ class TrainWidget(QWidget):
         self.dice_plot.set_note(f"validation on held-out labels every {every} steps")
         self.live = LiveTraining(
             np.asarray(image.data), np.array(labels.data), model_cfg, train_cfg,
-            self.form.mode(), stop=lambda: self._stop, every_s=self.form.preview_every.value(),
-            where=lambda: self._preview_z, init=init,
+            self.form.mode(), stop=weak_callback(self._stopping),
+            every_s=self.form.preview_every.value(), where=weak_callback(self._where),
+            init=init,
         )
         self.feed.watch(labels)
         self._note = ""
@@ -236,6 +238,12 @@ class TrainWidget(QWidget):
                                  "start from scratch or the bundled model")
             return self.store.saved
         return resolve_init(choice)
+
+    def _stopping(self) -> bool:
+        return self._stop
+
+    def _where(self) -> int:
+        return self._preview_z
 
     def cancel(self) -> None:
         """Stop training after the current step; the best model so far is kept."""
