@@ -10,9 +10,13 @@ The loop of the Train widget, simulated on ISBI 2012 (train on slices 0-24, scor
    pixels, and how well its slice means rank the slices by error rate is a Spearman rho.
 3. **Round 2.** ``--add-slices`` slices get ``--strokes`` new strokes each, placed
    - ``random``: on random candidate slices, starts drawn uniformly (a user without a hint);
-   - ``<method>``: on the slices the method ranks most uncertain ("jump to the worst slice"),
-     starts drawn with probability proportional to the uncertainty smoothed over
-     ``--smooth`` px (a user painting where the layer is hot).
+   - ``<method>:<placement>`` (``--placements``), where the method's map guides
+     - ``rank``: the slices, the most uncertain ones ("jump to the worst slice"), at least
+       ``--spread`` slices apart (neighbouring EM sections look alike); starts uniform;
+     - ``where``: the starts, drawn with probability proportional to the uncertainty
+       smoothed over ``--smooth`` px (a user painting where the layer is hot), on random
+       slices;
+     - ``rank+where``: both.
    Each condition continues training the round-1 model for ``--round2`` steps on all its
    strokes, with the same seed, and is scored on slices 25-29 (V_Rand / V_Info, best over the
    ISBI threshold sweep, membrane probability, no TTA).
@@ -91,21 +95,34 @@ def how_well_it_points(unc, gt: np.ndarray) -> dict:
     return out
 
 
-def add_strokes(gt: np.ndarray, old: np.ndarray, where: str, unc, args, seed: int
+def spread_top(ranked: list[tuple[int, float]], n: int, spread: int) -> list[int]:
+    """The ``n`` most uncertain slices at least ``spread`` apart (fewer if none is left)."""
+    out: list[int] = []
+    for z, _ in ranked:
+        if all(abs(z - o) >= spread for o in out):
+            out.append(z)
+        if len(out) == n:
+            break
+    return sorted(out)
+
+
+def add_strokes(gt: np.ndarray, old: np.ndarray, condition: str, unc, args, seed: int
                 ) -> tuple[np.ndarray, list[int]]:
     """Round-1 strokes plus the new ones of one condition, and the slices painted."""
     rng = np.random.default_rng([seed, 7])
-    if where == "random":
+    method, _, placement = condition.partition(":")
+    if method == "random" or "rank" not in placement:
         slices = sorted(rng.choice(CANDIDATES, args.add_slices, replace=False).tolist())
-        weights = None
     else:
-        ranked = rank_slices(unc.maps[where], unc.slices)
-        slices = sorted(z for z, _ in ranked[: args.add_slices])
+        slices = spread_top(rank_slices(unc.maps[method], unc.slices), args.add_slices,
+                            args.spread)
+    weights = None
+    if "where" in placement:
         weights = np.zeros(gt.shape, np.float64)
         for i, z in enumerate(unc.slices):
             if z in slices:
-                weights[z] = ndi.gaussian_filter(unc.maps[where][i].astype(np.float64),
-                                                 args.smooth) ** 2
+                weights[z] = ndi.gaussian_filter(unc.maps[method][i].astype(np.float64),
+                                                 args.smooth) ** args.power
     new = membrane_strokes(gt, slices=slices, n_strokes=args.strokes, seed=1000 + seed,
                            where=weights)
     return np.where(old > 0, old, new), slices
@@ -120,7 +137,11 @@ def main() -> None:
     p.add_argument("--round2", type=int, default=200, help="steps after the new strokes")
     p.add_argument("--add-slices", type=int, default=2)
     p.add_argument("--strokes", type=int, default=20, help="new strokes per added slice")
+    p.add_argument("--placements", default="rank+where",
+                   help="comma-separated among rank, where, rank+where")
+    p.add_argument("--spread", type=int, default=1, help="min distance of ranked slices")
     p.add_argument("--smooth", type=float, default=8.0, help="px, Gaussian on the map")
+    p.add_argument("--power", type=float, default=2.0, help="weights = smoothed map ** power")
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--patch", type=int, default=128)
@@ -134,6 +155,7 @@ def main() -> None:
     if args.quick:
         args.seeds, args.round1, args.round2, args.width = "0", 40, 20, 4
     methods = [m for m in args.methods.split(",") if m]
+    conditions = ["random", *(f"{m}:{p}" for m in methods for p in args.placements.split(","))]
     image = tifffile.imread(args.data / "train-volume.tif")
     gt = tifffile.imread(args.data / "train-labels.tif")
     train_img, train_gt = image[:25], gt[:25]
@@ -151,16 +173,16 @@ def main() -> None:
         print(f"seed {seed} round 1 {row['round1']} pointing {row['pointing']}", flush=True)
         cfg2 = TrainConfig(**{**cfg.to_dict(), "iterations": args.round2,
                               "augment": cfg.augment})
-        for where in ["random", *methods]:
+        for where in conditions:
             strokes, slices = add_strokes(train_gt, first, where, unc, args, seed)
             r2 = fit(train_img, strokes, model_cfg, cfg2, resume=r1)
             s = {**score(r2, image[TEST], gt[TEST]), "slices": slices,
                  "painted": int((strokes > 0).sum() - (first > 0).sum())}
             row["round2"][where] = s
-            print(f"seed {seed} round 2 {where:8s} {s}", flush=True)
+            print(f"seed {seed} round 2 {where:16s} {s}", flush=True)
         rows.append(row)
     summary = {}
-    for where in ["random", *methods]:
+    for where in conditions:
         vals = {k: [r["round2"][where][k] for r in rows] for k in ("v_rand", "v_info")}
         summary[where] = {f"{k}_mean": round(float(np.mean(v)), 4) for k, v in vals.items()}
         summary[where].update({f"{k}_sd": round(float(np.std(v)), 4) for k, v in vals.items()})
@@ -168,7 +190,7 @@ def main() -> None:
             for k in ("v_rand", "v_info"):
                 d = [r["round2"][where][k] - r["round2"]["random"][k] for r in rows]
                 summary[where][f"{k}_minus_random"] = [round(x, 4) for x in d]
-        print(f"{where:8s} {summary[where]}", flush=True)
+        print(f"{where:16s} {summary[where]}", flush=True)
     emit({"benchmark": "where_to_paint", "data": "ISBI 2012: strokes on 0-24, scored on 25-29",
           "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
           "torch": torch.__version__, "settings": vars(args) | {"data": str(args.data)},
