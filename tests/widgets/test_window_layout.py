@@ -62,6 +62,12 @@ def test_four_widgets_fit_the_screen_with_advanced_open(make_napari_viewer, qtbo
     assert screen.contains(window.frameGeometry()), (window.frameGeometry(), screen)
     assert window.minimumSizeHint().height() <= screen.height()
     assert docks[0].width() <= DOCK_SHARE * window.width() + 1  # the canvas gets the rest
+    # 'gui' fills the screen, and the canvas is its widest part: at 1600 px about 770 px, with
+    # napari's layer docks (320 px, their minimum) on the left and the plugin's (480) right
+    assert window.width() >= 0.9 * screen.width() and window.height() >= 0.9 * screen.height()
+    canvas = viewer.window._qt_viewer.canvas.native
+    assert canvas.width() >= max(0.45 * screen.width(), 1.5 * docks[0].width()), (
+        canvas.width(), docks[0].width(), screen.width())
     assert len(window.tabifiedDockWidgets(docks[0])) == len(ALL) - 1
     for (name, widget), dock in zip(widgets.items(), docks, strict=True):
         dock.raise_()
