@@ -1,5 +1,7 @@
 """CLI: train -> predict -> evaluate round trip on real EM data, and clean errors."""
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -36,14 +38,27 @@ def _json_out(capsys):
     return json.loads(capsys.readouterr().out)
 
 
-def test_round_trip_train_predict_evaluate(em_files, capsys):
+@pytest.fixture(scope="module")
+def trained(em_files):
+    """The model the CLI trains on slices 0-1 (every test that needs one gets it here)."""
     d = em_files
-    assert main(["train", str(d / "img.tif"), str(d / "lab.tif"), "-o", str(d / "m.unetseg"),
-                 "--labels-mode", "dense", "--slices", "0:2", *TINY]) == 0
-    info = _json_out(capsys)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(["train", str(d / "img.tif"), str(d / "lab.tif"), "-o",
+                   str(d / "m.unetseg"), "--labels-mode", "dense", "--slices", "0:2", *TINY,
+                   "--iterations", "20", "--lr", "0.01"])  # enough to predict some cells
+    assert rc == 0
+    return d / "m.unetseg", json.loads(out.getvalue())
+
+
+def test_round_trip_train_predict_evaluate(em_files, trained, capsys):
+    d = em_files
+    path, info = trained
     assert info["model"].endswith("m.unetseg")
-    saved = load_model(d / "m.unetseg")
+    saved = load_model(path)
     assert saved.class_values == [0, 255]
+    # the default loss follows the labels: dense membranes train on the weighted CE
+    assert saved.metadata["train_config"]["loss"] == "wce"
 
     assert main(["predict", str(d / "m.unetseg"), str(d / "img.tif"), "-o", str(d / "pred.tif"),
                  "--slices", "2:3", "--tile", "64", "--device", "cpu"]) == 0
@@ -69,10 +84,8 @@ def test_round_trip_train_predict_evaluate(em_files, capsys):
     assert 0.0 <= _json_out(capsys)["v_info"] <= 1.0
 
 
-def test_full_probabilities_have_class_axis(em_files, capsys):
+def test_full_probabilities_have_class_axis(em_files, trained, capsys):
     d = em_files
-    if not (d / "m.unetseg").exists():
-        pytest.skip("needs the round-trip model")
     assert main(["predict", str(d / "m.unetseg"), str(d / "img.tif"), "-o",
                  str(d / "allprob.tif"), "--output", "probabilities", "--device", "cpu"]) == 0
     prob = tifffile.imread(d / "allprob.tif")
@@ -80,17 +93,20 @@ def test_full_probabilities_have_class_axis(em_files, capsys):
     np.testing.assert_allclose(prob.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_instances_output(em_files, capsys):
+def test_instances_output(em_files, trained, capsys):
     d = em_files
-    if not (d / "m.unetseg").exists():
-        pytest.skip("needs the round-trip model")
     assert main(["predict", str(d / "m.unetseg"), str(d / "img.tif"), "-o", str(d / "inst.tif"),
                  "--output", "instances", "--device", "cpu"]) == 0
+    assert main(["predict", str(d / "m.unetseg"), str(d / "img.tif"), "-o",
+                 str(d / "cellprob.tif"), "--output", "probabilities", "--class", "1",
+                 "--device", "cpu"]) == 0
     inst = tifffile.imread(d / "inst.tif")
     assert inst.shape == (3, 192, 160) and inst.dtype == np.int32
-    prob = tifffile.imread(d / "allprob.tif")[:, 1] if (d / "allprob.tif").exists() else None
-    if prob is not None:  # objects are exactly the connected pixels of p(cell) >= 0.5
-        assert ((inst > 0) == (prob >= 0.5)).all()
+    prob = tifffile.imread(d / "cellprob.tif")
+    assert prob.shape == inst.shape
+    assert (prob >= 0.5).any() and (prob < 0.5).any()  # else the check below is vacuous
+    # objects are exactly the connected pixels of p(cell) >= 0.5
+    assert ((inst > 0) == (prob >= 0.5)).all()
 
 
 def test_existing_output_is_not_overwritten(em_files, capsys):
@@ -112,6 +128,10 @@ def test_existing_output_is_not_overwritten(em_files, capsys):
         (["predict", "{d}/img.tif", "{d}/img.tif", "-o", "{d}/y.tif"], "not a readable"),
         (["predict", "{d}", "{d}/img.tif", "-o", "{d}/y.tif"], "directory"),
         (["evaluate", "{d}/lab.tif", "{d}/lab.tif", "--slices", "0:9:2:1"], "--slices"),
+        (["train", "{d}/img.tif", "{d}/lab.tif", "-o", "{d}/x.unetseg", "--loss", "ce",
+          "--w0", "5"], "--w0 set the weight map, which --loss ce ignores"),
+        (["train", "{d}/img.tif", "{d}/lab.tif", "-o", "{d}/x.unetseg", "--loss", "dice",
+          "--no-class-balance"], "--no-class-balance set the weight map"),
     ],
 )
 def test_bad_input_gives_one_line_error(em_files, capsys, argv, message):

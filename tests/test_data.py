@@ -43,7 +43,7 @@ def test_dense_membranes_keep_class_values():
     assert d.class_values == (0, 255)
     assert d.train_target.dtype == np.int16
     np.testing.assert_array_equal(d.train_target[0], (labels == 255).astype(np.int16))
-    assert d.val_target is None and d.weight is None
+    assert d.val_target is None
     assert d.image.dtype == np.float32 and d.image.shape == (1, 1, 48, 48)
     # normalisation fitted on the data: percentiles map to ~0..1
     assert -0.1 < np.percentile(d.image, 1) < 0.1 and 0.9 < np.percentile(d.image, 99.8) < 1.1

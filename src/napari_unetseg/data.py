@@ -10,9 +10,12 @@ Three kinds of labels are understood (``labels_mode``):
     membranes 0/255 -> classes 0/1), and ``class_values`` keeps the original values so that
     predictions can be written back in them.
 ``"instances"``
-    Every object has its own id (0 = background): the foreground/background target and the
-    U-Net weight map (Ronneberger 2015, eq. 2) are computed per slice, once. Slices without
-    any object are taken as not annotated.
+    Every object has its own id (0 = background): the foreground/background target is
+    computed per slice, once. Slices without any object are taken as not annotated.
+
+In every mode the U-Net weight map (Ronneberger 2015, eq. 2) can be computed with the targets
+(:func:`napari_unetseg.targets.training_targets`: the border term from the objects of dense
+and instance labels, the class balance everywhere).
 
 Validation holds out whole *strokes* of sparse labels (connected painted pixels of one class
 in one slice), a share of each class's painted pixels, so that a few strokes on one or two
@@ -29,12 +32,9 @@ import numpy as np
 import torch
 
 from .normalize import Normalization
-from .postprocess import label_dtype
+from .targets import IGNORE, LABELS_MODES, training_targets
 
 __all__ = ["IGNORE", "LABELS_MODES", "TrainingData", "as_stack", "prepare_data", "relabel"]
-
-IGNORE = -1
-LABELS_MODES = ("sparse", "dense", "instances")
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,7 +50,8 @@ class TrainingData:
         ``(S, H, W)`` int16 class indices, :data:`IGNORE` where a pixel is not used for
         training, respectively validation. ``val_target`` is None without validation.
     weight : np.ndarray or None
-        ``(S, H, W)`` float32 U-Net weight map (instances mode), else None.
+        ``(S, H, W)`` float32 U-Net weight map (see :mod:`napari_unetseg.targets`), or None
+        when weights are off.
     class_values : tuple of int
         Original label value of each class.
     normalization : Normalization
@@ -128,40 +129,6 @@ def _integer_labels(labels: Any, expected: tuple[int, ...]) -> np.ndarray:
     if lab.dtype.kind == "i" and lab.min() < 0:
         raise ValueError(f"labels must be >= 0, got minimum {lab.min()}")
     return lab.reshape((-1, *lab.shape[-2:]))
-
-
-def _targets(
-    lab: np.ndarray, mode: str, w0: float, sigma: float
-) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
-    """Class targets (int16, IGNORE = -1), weight map or None, and class values."""
-    if mode == "sparse":
-        if not lab.any():
-            raise ValueError("labels contain no painted pixel; paint at least two classes")
-        top = int(lab.max())
-        if top > 1024:
-            raise ValueError(f"sparse labels take values 1..K with K <= 1024, got {top}")
-        return (lab.astype(np.int16) - 1).astype(np.int16), None, tuple(range(1, top + 1))
-    if mode == "dense":
-        values, inverse = np.unique(lab, return_inverse=True)
-        if len(values) > 1024:
-            raise ValueError(f"dense labels have {len(values)} distinct values; at most 1024 "
-                             "classes (use labels_mode='instances' for object ids)")
-        target = inverse.reshape(lab.shape).astype(np.int16)
-        label_dtype(values)  # predictions are written back in these values: never wrapped
-        return target, None, tuple(int(v) for v in values)
-    from .weightmap import instance_targets, weight_map
-
-    target = np.full(lab.shape, IGNORE, np.int16)
-    weight = np.zeros(lab.shape, np.float32)
-    for i, inst in enumerate(lab):
-        if inst.any():
-            target[i] = np.asarray(instance_targets(inst), dtype=np.int16)
-            # the weight map sees the separated objects: contact pixels that the target turned
-            # into background get the class-balance weight of background plus the border term
-            weight[i] = weight_map(np.where(target[i] > 0, inst, 0), w0=w0, sigma=sigma)
-    if not (target >= 0).any():
-        raise ValueError("instance labels contain no object (all zero)")
-    return target, weight, (0, 1)
 
 
 def _classes(target: np.ndarray) -> set[int]:
@@ -293,6 +260,8 @@ def prepare_data(
     normalization: Normalization | None = None,
     w0: float = 10.0,
     sigma: float = 5.0,
+    weights: bool = True,
+    class_balance: bool = True,
     seed: int = 0,
 ) -> TrainingData:
     """Check an image/labels pair and turn it into :class:`TrainingData`.
@@ -322,7 +291,12 @@ def prepare_data(
     normalization : Normalization or None
         Use this instead of fitting one on the training slices (e.g. to resume training).
     w0, sigma : float
-        Weight map parameters (instances mode), Ronneberger 2015 eq. 2.
+        Border term of the weight map (dense and instance labels), Ronneberger 2015 eq. 2.
+    weights : bool
+        Compute the U-Net weight map (:func:`napari_unetseg.targets.training_targets`);
+        without it ``TrainingData.weight`` is None.
+    class_balance : bool
+        Include the class-balance term ``wc`` in the weight map.
     seed : int
         Seed of the random validation split.
 
@@ -342,7 +316,9 @@ def prepare_data(
     if channel_axis is not None:
         del shape[channel_axis]
     lab = _integer_labels(labels, tuple(shape))
-    target, weight, class_values = _targets(lab, labels_mode, w0, sigma)
+    made = training_targets(lab, labels_mode, weights=weights, w0=w0, sigma=sigma,
+                            balance=class_balance)
+    target, weight, class_values = made.target, made.weight, made.class_values
     if len(_classes(target)) < 2:
         raise ValueError(f"labels hold a single class ({labels_mode} values "
                          f"{np.unique(lab).tolist()}); training needs at least two")
@@ -389,8 +365,8 @@ def _same_classes(lab: np.ndarray, data: TrainingData, w0: float, sigma: float
             raise ValueError(f"label value(s) {new} are new; the model being trained has "
                              f"classes {list(values)} (train again to add a class)")
         return np.searchsorted(np.asarray(values), lab).astype(np.int16), None
-    target, weight, _ = _targets(lab, mode, w0, sigma)
-    return target, weight
+    made = training_targets(lab, mode, w0=w0, sigma=sigma)
+    return made.target, made.weight
 
 
 def relabel(

@@ -34,6 +34,7 @@ __all__ = [
     "consistency_loss",
     "make_loss",
     "LOSSES",
+    "WEIGHTED_LOSSES",
 ]
 
 LossFn = Callable[..., torch.Tensor]
@@ -342,6 +343,8 @@ def consistency_loss(
 
 
 LOSSES = ("wce", "ce", "dice", "bce_dice")
+#: The losses that use the pixel weight map (the others ignore it).
+WEIGHTED_LOSSES = ("wce", "bce_dice")
 
 
 def make_loss(name: str, ignore_index: int = -1) -> LossFn:

@@ -46,7 +46,9 @@ class TrainConfig:
     schedule : {"cosine", "constant", "poly"}
         Learning-rate decay over ``iterations`` (poly: ``(1 - t/T) ** 0.9``).
     loss : {"wce", "ce", "dice", "bce_dice"}
-        ``wce`` is the U-Net pixel-weighted cross entropy (weights only in instances mode).
+        ``wce`` is the U-Net pixel-weighted cross entropy (Ronneberger et al. 2015, eq. 1) with
+        the weight map of :mod:`napari_unetseg.targets`; ``bce_dice`` weighs its BCE term
+        with it. ``ce`` and ``dice`` use no weights, so none are computed.
     augment : AugmentConfig
     val_fraction, val_slices
         Validation hold-out, see :func:`napari_unetseg.data.prepare_data`.
@@ -67,7 +69,11 @@ class TrainConfig:
     ds_weights : tuple of float or None
         UNet++ deep-supervision weight of each head (None: equal).
     w0, sigma : float
-        U-Net weight map (instances mode), Ronneberger et al. (2015), eq. 2.
+        Border term of the U-Net weight map (Ronneberger et al. 2015, eq. 2) on dense and
+        instance labels; ``w0 = 0`` switches it off.
+    class_balance : bool
+        Class-balance term ``wc`` of the weight map (inverse class frequency), also on
+        sparse strokes.
     patience : int
         Stop after this many validations in a row without a better validation Dice (the
         best weights are kept); 0: never stop early.
@@ -100,6 +106,7 @@ class TrainConfig:
     time_budget_s: float | None = None
     patience: int = 0
     consistency: float = 0.0
+    class_balance: bool = True
 
     def __post_init__(self) -> None:
         for name in ("val_slices", "ds_weights"):  # accept lists (e.g. from JSON)
@@ -126,8 +133,9 @@ class TrainConfig:
                              f"got {b!r}")
         if not isinstance(self.augment, AugmentConfig):
             raise TypeError(f"augment must be an AugmentConfig, got {type(self.augment)}")
-        if not isinstance(self.amp, bool):
-            raise TypeError(f"amp must be a bool, got {self.amp!r}")
+        for name in ("amp", "class_balance"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.device, str):
             raise TypeError(f"device must be a str, got {self.device!r}")
         for name in ("val_slices", "ds_weights"):

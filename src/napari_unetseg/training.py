@@ -132,6 +132,19 @@ def _geometry(model: torch.nn.Module, patch_size: int) -> tuple[int, int]:
     return patch, margin
 
 
+def _uses_weights(cfg: TrainConfig, labels_mode: str) -> bool:
+    """Whether the loss uses the weight map; warn when instance labels lose theirs."""
+    from .losses import WEIGHTED_LOSSES
+
+    if cfg.loss in WEIGHTED_LOSSES:
+        return True
+    if labels_mode == "instances":
+        log.warning("loss=%r ignores the U-Net weight map of instance labels (the border "
+                    "weights between touching objects); use loss='wce' to train with it",
+                    cfg.loss)
+    return False
+
+
 def _criterion(cfg: TrainConfig, model_config: ModelConfig) -> Callable[..., torch.Tensor]:
     from .losses import DeepSupervisionLoss, make_loss
 
@@ -214,10 +227,12 @@ def train(
         start = {"init": str(init) if isinstance(init, (str, os.PathLike))
                  else type(init).__name__, "init_fresh": load_weights(model, source)}
     patch, margin = _geometry(model, cfg.patch_size)
+    weighted = _uses_weights(cfg, labels_mode)
     data = prepare_data(
         image, labels, labels_mode=labels_mode, channel_axis=channel_axis,
         val_fraction=cfg.val_fraction, val_slices=cfg.val_slices, min_size=patch - 2 * margin,
-        margin=margin, normalization=norm, w0=cfg.w0, sigma=cfg.sigma, seed=cfg.seed,
+        margin=margin, normalization=norm, w0=cfg.w0, sigma=cfg.sigma, weights=weighted,
+        class_balance=cfg.class_balance, seed=cfg.seed,
     )
     if model_config.classes != data.num_classes:
         raise ValueError(f"labels give {data.num_classes} classes (values {data.class_values}) "

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["weight_map", "instance_targets"]
+__all__ = ["border_weights", "instance_targets", "weight_map"]
 
 _RELABEL_ABOVE = 65535  # sparse huge ids are compacted so find_objects stays small
 _MIN_FIRST_MARGIN = 4  # px; smallest first-pass window margin
@@ -280,6 +280,27 @@ def weight_map(
         if w0 > 0:
             weights += _border_term(plane, w0, sigma, tol)
         out[z] = weights
+    return out if labels.ndim == 3 else out[0]
+
+
+def border_weights(
+    instances: Any, w0: float = 10.0, sigma: float = 5.0, *, tol: float = 1e-6
+) -> np.ndarray:
+    """The border term of eq. 2 alone: :func:`weight_map` without ``wc``.
+
+    ``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` on background pixels (label 0) of slices with
+    at least two instances, 0 elsewhere. Same parameters, checks and return type as
+    :func:`weight_map`.
+    """
+    labels = _as_instances(instances)
+    w0 = _check_real("w0", w0, positive=False)
+    sigma = _check_real("sigma", sigma, positive=True)
+    tol = _check_real("tol", tol, positive=True)
+    stack = labels if labels.ndim == 3 else labels[None]
+    out = np.zeros(stack.shape, dtype=np.float32)
+    if w0 > 0:
+        for z, plane in enumerate(stack):
+            out[z] = _border_term(plane, w0, sigma, tol)
     return out if labels.ndim == 3 else out[0]
 
 

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
           f"training on {n_train}, scoring on the last 2", file=sys.stderr)
     model_cfg = ModelConfig(arch=args.arch, depth=args.depth, width=args.width)
     train_cfg = TrainConfig(iterations=args.iterations, batch_size=4, patch_size=args.patch_size,
-                            device=args.device, seed=0, loss="ce")
+                            device=args.device, seed=0)  # the default loss and weight map
     bar = Progress("train")
     result = drain(
         train(image[:n_train], labels[:n_train], model_cfg, train_cfg, labels_mode="dense"),

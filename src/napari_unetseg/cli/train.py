@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             train_kw[key] = getattr(args, key)
     train_cfg = TrainConfig(
-        lr=args.lr, loss=args.loss, device=args.device, seed=args.seed, **train_kw,
-        **({"optimizer": args.optimizer} if args.optimizer else {}),
+        lr=args.lr, loss=_loss(args), device=args.device, seed=args.seed, **train_kw,
+        **({"optimizer": args.optimizer} if args.optimizer else {}), **_weight_options(args),
     )
     if not args.resume:  # the architecture options, checked before any file is read
         ModelConfig(arch=args.arch or "unet", classes=args.classes or 2, **model_kw)
@@ -142,6 +142,29 @@ def _diverged(e: Any, out: Path, args: argparse.Namespace) -> str:
             "or check the image for extreme values")
 
 
+def _loss(args: argparse.Namespace) -> str:
+    """``--loss``, by default the weighted cross entropy: every labels mode has weights (the
+    border term of dense and instance labels, the class balance of strokes)."""
+    return args.loss or "wce"
+
+
+def _weight_options(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig weight-map fields set on the command line; refused with a loss that
+    ignores the weight map, where they would silently do nothing."""
+    from ..losses import WEIGHTED_LOSSES
+
+    given = {k: v for k, v in (("w0", args.w0), ("sigma", args.sigma)) if v is not None}
+    if args.no_class_balance:
+        given["class_balance"] = False
+    loss = _loss(args)
+    if given and loss not in WEIGHTED_LOSSES:
+        flags = ", ".join("--no-class-balance" if k == "class_balance" else f"--{k}"
+                          for k in given)
+        raise CliError(f"{flags} set the weight map, which --loss {loss} ignores; use "
+                       f"--loss {' or '.join(WEIGHTED_LOSSES)}")
+    return given
+
+
 def _count_classes(labels: np.ndarray, mode: str) -> int:
     """Classes the labels define: sparse 1..K -> K; dense -> distinct values; instances -> 2."""
     if mode == "instances":
@@ -183,9 +206,16 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--patch-size", type=int, default=None,
                    help="patch side in pixels; default: from the preset (fast: 192)")
     t.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    t.add_argument("--loss", default="ce", choices=["ce", "wce", "dice", "bce_dice"],
-                   help="ce: cross-entropy; wce: weighted by the U-Net border map (instances "
-                        "mode); dice: soft Dice; bce_dice: the UNet++ loss")
+    t.add_argument("--loss", default=None, choices=["wce", "ce", "dice", "bce_dice"],
+                   help="wce: cross-entropy weighted by the U-Net weight map; ce: unweighted; "
+                        "dice: soft Dice; bce_dice: the UNet++ loss (BCE weighted); default: "
+                        "the preset's (wce)")
+    t.add_argument("--w0", type=float, default=None,
+                   help="weight-map border term amplitude, 0 = off; default: 10")
+    t.add_argument("--sigma", type=float, default=None,
+                   help="weight-map border term width in pixels; default: 5")
+    t.add_argument("--no-class-balance", action="store_true",
+                   help="weight map without the class-balance term; default: with it")
     t.add_argument("--optimizer", choices=["adam", "sgd"], help="default: adam")
     t.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:N or mps; auto: CUDA, then MPS, then the CPU")
