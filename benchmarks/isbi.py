@@ -9,6 +9,11 @@ UNet++ is scored at every pruned level and in "accurate" mode.
     python benchmarks/isbi.py --minutes 3                     # GPU (auto)
     python benchmarks/isbi.py --device cpu --small            # a few-minute CPU smoke run
 
+Ablations (one run, one seed, the same fixed recipe for every row, so the rows compare):
+
+    python benchmarks/isbi.py --device cpu --preset fast --ablation weightmap   # w(x) on/off, w0, sigma
+    python benchmarks/isbi.py --device cpu --preset fast --ablation skips       # ResUNet long/short skips
+
 Data: ../shared/data/isbi2012 (or --data); the ISBI 2012 challenge data of Arganda-Carreras et al.
 2015, images from Cardona et al. 2010.
 """
@@ -61,6 +66,24 @@ def train_budgeted(image, labels, model_cfg, base: dict, seconds: float):
     return result, iterations, time.perf_counter() - t0
 
 
+#: --ablation weightmap: (row name, TrainConfig overrides) on the U-Net (U-Net eq. 2).
+WEIGHTMAP_ROWS = [
+    ("off (plain CE)", {"loss": "ce"}),
+    ("wc only (w0=0)", {"loss": "wce", "w0": 0.0}),
+    ("w0=10 sigma=5 (paper)", {"loss": "wce", "w0": 10.0, "sigma": 5.0}),
+    ("w0=20 sigma=5", {"loss": "wce", "w0": 20.0, "sigma": 5.0}),
+    ("w0=10 sigma=3", {"loss": "wce", "w0": 10.0, "sigma": 3.0}),
+    ("w0=10 sigma=10", {"loss": "wce", "w0": 10.0, "sigma": 10.0}),
+]
+#: --ablation skips: (row name, ModelConfig overrides) on a deeper ResUNet (Drozdzal 2016).
+SKIP_ROWS = [
+    ("long + short", {"long_skips": True, "short_skips": True}),
+    ("long only", {"long_skips": True, "short_skips": False}),
+    ("short only", {"long_skips": False, "short_skips": True}),
+    ("neither", {"long_skips": False, "short_skips": False}),
+]
+
+
 def score(result, image, gt, level, args):
     tile = args.tile if args.tile == "auto" else int(args.tile)
     cfg = InferenceConfig(tile=tile, device=args.device, tta=not args.no_tta, level=level)
@@ -73,7 +96,30 @@ def score(result, image, gt, level, args):
     probs = np.asarray(res.probabilities, dtype=np.float32)[:, membrane]
     scores = evaluate_arrays(probs, gt, boundary_value=0)
     scores["infer_s"] = round(seconds, 2)
-    return scores
+    return scores, probs
+
+
+def _save(args, name: str, result, probs) -> None:
+    """Keep the model and the membrane probabilities of a row (to rescore or re-tile)."""
+    if not args.save:
+        return
+    from napari_unetseg.io import save_model
+
+    args.save.mkdir(parents=True, exist_ok=True)
+    stem = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+    save_model(args.save / f"{stem}.unetseg", result.model, normalization=result.normalization,
+               class_values=result.class_values, metadata=result.metadata, overwrite=True)
+    np.save(args.save / f"{stem}_membrane.npy", probs)
+
+
+def _rows(args) -> list[tuple[str, str, dict, dict]]:
+    """(row name, arch, ModelConfig overrides, TrainConfig overrides) to train."""
+    if args.ablation == "weightmap":
+        return [(name, "unet", {}, train) for name, train in WEIGHTMAP_ROWS]
+    if args.ablation == "skips":
+        model = {"block": args.block, "blocks_per_level": args.blocks_per_level}
+        return [(name, "resunet", {**model, **m}, {}) for name, m in SKIP_ROWS]
+    return [(arch, arch, {}, {}) for arch in args.archs.split(",")]
 
 
 def main() -> None:
@@ -89,7 +135,14 @@ def main() -> None:
     p.add_argument("--patch", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--tile", default="auto", help="largest tile; auto: the engine's choice")
-    p.add_argument("--loss", default="ce")
+    p.add_argument("--loss", default="wce")
+    p.add_argument("--ablation", choices=["weightmap", "skips"],
+                   help="train the rows of an ablation instead of --archs")
+    p.add_argument("--block", default="bottleneck", help="skips ablation: ResUNet block")
+    p.add_argument("--blocks-per-level", type=int, default=2,
+                   help="skips ablation: residual blocks per level")
+    p.add_argument("--iterations", type=int, help="override the preset's iterations")
+    p.add_argument("--save", type=Path, help="folder for each row's model and probabilities")
     p.add_argument("--no-tta", action="store_true")
     p.add_argument("--small", action="store_true", help="tiny CPU smoke settings")
     p.add_argument("--json", type=Path, help="also write the JSON here")
@@ -104,7 +157,7 @@ def main() -> None:
         model_kw, train_kw = presets.split(presets.preset(args.preset))
         args.depth, args.width = model_kw["depth"], model_kw["width"]
         args.patch, args.batch = train_kw["patch_size"], train_kw["batch_size"]
-        extra = {"iterations": train_kw["iterations"]}
+        extra = {"iterations": args.iterations or train_kw["iterations"]}
     image, labels = load(args.data)
     train_img, train_lab = image[:25], labels[:25]
     test_img, test_gt = image[25:30], labels[25:30]
@@ -112,24 +165,29 @@ def main() -> None:
             "seed": 0, "loss": args.loss, "val_slices": (23, 24),
             "amp": args.device.startswith("cuda"), **extra}
     rows = []
-    for arch in args.archs.split(","):
-        cfg = ModelConfig(arch=arch, depth=args.depth, width=args.width)
+    for name, arch, model_kw, train_kw in _rows(args):
+        cfg = ModelConfig(arch=arch, depth=args.depth, width=args.width, **model_kw)
         info = describe(cfg)
+        recipe = {**base, **train_kw}
         if args.preset:
             t0 = time.perf_counter()
-            result = fit(train_img, train_lab, cfg, TrainConfig(**base), labels_mode="dense")
+            result = fit(train_img, train_lab, cfg, TrainConfig(**recipe), labels_mode="dense")
             iters, train_s = result.metadata["steps"], time.perf_counter() - t0
         else:
-            result, iters, train_s = train_budgeted(train_img, train_lab, cfg, base,
+            result, iters, train_s = train_budgeted(train_img, train_lab, cfg, recipe,
                                                     args.minutes * 60)
         levels = ["accurate", *range(1, args.depth + 1)] if arch == "unetpp" else [None]
         for level in levels:
-            s = score(result, test_img, test_gt, level, args)
-            row = {"arch": arch, "level": level, "params": info["params"],
+            s, probs = score(result, test_img, test_gt, level, args)
+            if level in (None, "accurate"):
+                _save(args, name, result, probs)
+            row = {"row": name, "arch": arch, "level": level, "params": info["params"],
+                   "model": {k: str(v) for k, v in model_kw.items()},
+                   "train": {k: str(v) for k, v in train_kw.items()},
                    "iterations": iters, "train_s": round(train_s, 1),
                    "best_val_dice": result.metadata.get("best_val_dice"), **s}
             rows.append(row)
-            print(f"{arch:8s} {str(level or ''):9s} V_Rand {s.get('v_rand', float('nan')):.4f} "
+            print(f"{name:24s} {str(level or ''):9s} V_Rand {s.get('v_rand', float('nan')):.4f} "
                   f"V_Info {s.get('v_info', float('nan')):.4f} pixel-err "
                   f"{s['pixel_error']:.4f} train {train_s:.0f}s ({iters} it) "
                   f"infer {s['infer_s']}s", flush=True)

@@ -166,7 +166,8 @@ def test_sampler_centres_sparse_patches_on_labels():
     d = prepare_data(image, labels, val_fraction=0)
     s = PatchSampler(d, 16, "cpu", seed=0)
     img, tgt, wgt = s.sample(64)
-    assert img.shape == (64, 1, 16, 16) and tgt.shape == (64, 16, 16) and wgt is None
+    assert img.shape == (64, 1, 16, 16) and tgt.shape == (64, 16, 16)
+    assert wgt.shape == tgt.shape and (wgt[tgt >= 0] > 0).all() and (wgt[tgt < 0] == 0).all()
     assert tgt.dtype == torch.long
     has = torch.stack([(tgt == c).flatten(1).any(1) for c in (0, 1)])
     assert has.any(0).all()  # every patch holds a labelled pixel

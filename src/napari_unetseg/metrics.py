@@ -26,13 +26,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
-from skimage.measure import label as _cc_label
-from skimage.segmentation import watershed
+from scipy import ndimage as ndi
+
+from .thinning import thin_borders
 
 __all__ = ["dice", "info_scores", "instance_scores", "iou", "isbi_scores", "pixel_error",
            "rand_scores"]
 
 DEFAULT_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(11))
+#: Fiji's largest cut: its sweep ``t = 0, 0.1, ...`` accumulates in double precision and stops
+#: at 0.9999999999999999 (< 1), where the interior map's exact ones are still interior.
+_FIJI_LAST = float(np.nextafter(1.0, 0.0))
 
 
 def _labels(x: ArrayLike, name: str) -> np.ndarray:
@@ -180,13 +184,19 @@ def _entropy(sizes: np.ndarray, n: int) -> float:
     return float(np.log(n) - np.sum(x * np.log(x)) / n)
 
 
-def _info_from(o: _Overlap) -> tuple[float, float, float]:
+def _info_from(o: _Overlap, fiji: bool = False) -> tuple[float, float, float]:
+    """V_Info, split, merge. ``fiji``: V_Info as Fiji scores the degenerate cases: 0 when an
+    entropy is 0, NaN when the mutual information is 0 (0/0 there)."""
     h_gt = max(_entropy(o.gt_sizes, o.n), 0.0)
     h_pred = max(_entropy(o.pred_sizes, o.n), 0.0)  # + n0 singletons, each x = 1
     h_joint = _entropy(o.joint, o.n)
     mutual = float(np.clip(h_gt + h_pred - h_joint, 0.0, min(h_gt, h_pred)))
     split = mutual / h_pred if h_pred > 0 else 1.0
     merge = mutual / h_gt if h_gt > 0 else 1.0
+    if fiji and (h_gt == 0 or h_pred == 0):
+        return 0.0, split, merge
+    if fiji and split + merge == 0:
+        return float("nan"), split, merge
     return _harmonic(split, merge), split, merge
 
 
@@ -226,8 +236,9 @@ def info_scores(seg: ArrayLike, gt: ArrayLike) -> tuple[float, float, float]:
     Same inputs and conventions as :func:`rand_scores` (GT background left out, predicted 0
     pixels are singletons, natural logarithms). With S the prediction and T the ground truth:
     split = I(S;T) / H(S), merge = I(S;T) / H(T), V_Info = their harmonic mean. A pure split has
-    merge 1. Where an entropy is 0 the matching score is 1 (no error of that kind is possible);
-    V_Info then equals Fiji's value, which uses other placeholders for these degenerate cases.
+    merge 1. Where an entropy is 0 the matching score is 1 (no error of that kind is possible).
+    Fiji scores V_Info 0 wherever an entropy is 0, also when both are (one segment predicted
+    for a one-segment ground truth); :func:`isbi_scores` follows Fiji there.
 
     Returns
     -------
@@ -238,12 +249,21 @@ def info_scores(seg: ArrayLike, gt: ArrayLike) -> tuple[float, float, float]:
 
 
 def _proposal_segments(interior: np.ndarray, thinning: bool) -> np.ndarray:
-    markers = _cc_label(interior, connectivity=1)
-    if not thinning:
-        return markers
-    if markers.max() == 0:  # one flat basin, as Fiji's classic watershed gives
-        return np.ones(interior.shape, np.int32)
-    return watershed((~interior).astype(np.uint8), markers, connectivity=1, watershed_line=True)
+    if thinning:
+        return thin_borders(interior)
+    return ndi.label(interior)[0]
+
+
+def _interior_cuts(prob: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The interior map Fiji reads and the cut on it of each membrane threshold.
+
+    Fiji scores a float32 cell-interior map ``q``; the one for ``membrane_prob`` is
+    ``float32(1 - p)`` (what one would save for it), and membrane threshold ``t`` is its cut
+    ``q > 1 - t``, compared in double precision. At ``t = 0`` the cut is Fiji's last one,
+    ``q > 0.9999999999999999``: pixels with ``p == 0`` are interior, as in Fiji.
+    """
+    q = (1.0 - prob).astype(np.float32).astype(np.float64)
+    return q, np.minimum(1.0 - ts, _FIJI_LAST)
 
 
 def _check_prob(membrane_prob: ArrayLike) -> np.ndarray:
@@ -285,18 +305,23 @@ def isbi_scores(
 ) -> dict[str, Any]:
     """Best V_Rand and V_Info of a membrane probability map over a threshold sweep (ISBI 2012).
 
-    For each threshold t and each 2D slice: pixels with ``membrane_prob < t`` are cell interior and
-    their 4-connected components are the predicted segments (Fiji thresholds the interior map
-    ``1 - membrane_prob > 1 - t``, the same up to rounding). With ``thinning`` (the challenge's
-    final scores V_Rand(thinned), V_Info(thinned), Fiji's ``getMaximalVRandAfterThinning(0, 1,
-    0.1, true)`` and ``getMaximalVInfoAfterThinning``) the predicted membranes are first thinned
-    to 1-pixel lines by a 4-connected watershed flooding from the segments (scikit-image's
-    ``watershed_line``; Fiji uses the Vincent-Soille watershed, which may break ties between
-    basins differently); pixels left on a line are singletons. Without thinning every predicted
-    membrane pixel in the GT foreground is a singleton. The ground truth's cell interiors are
-    split into 4-connected segments per slice the same way. Each slice is scored with
-    :func:`rand_scores` / :func:`info_scores`, the scores are averaged over the slices
-    (macro-average, as the official script), and the best average over the thresholds is kept.
+    The same numbers as Fiji's ``getMaximalVRandAfterThinning(0, 1, 0.1, true)`` and
+    ``getMaximalVInfoAfterThinning(0, 1, 0.1)`` on the float32 cell-interior map
+    ``1 - membrane_prob``, which produced the challenge's leaderboard (checked against an
+    independent step-by-step re-implementation of Fiji's algorithm to 1e-12, see
+    ``tests/fiji_reference.py``). For each threshold t (0.0 to 1.0) and each 2D slice:
+    pixels with ``1 - p > 1 - t`` (about ``p < t``) are cell interior; at ``t = 0`` the cut is
+    Fiji's last, ``1 - p > 0.9999999999999999``, so exact zeros of ``p`` are interior. With
+    ``thinning`` (the challenge's final scores) the predicted membranes are thinned to 1-pixel
+    lines by Fiji's 4-connected classic watershed flooding, in Fiji's order
+    (:func:`napari_unetseg.thinning.thin_borders`); pixels left on a line are singletons.
+    Without thinning the predicted segments are the interior's 4-connected components and
+    every predicted membrane pixel in the GT foreground is a singleton. The ground truth's
+    cell interiors are split into 4-connected segments per slice the same way. Each slice is
+    scored with :func:`rand_scores` / :func:`info_scores` (V_Info with Fiji's 0 where an
+    entropy is 0), the scores are averaged over the slices (macro-average, as the official
+    script), and the best average over the thresholds is kept (ties: the first in Fiji's
+    order, i.e. the highest t).
 
     Parameters
     ----------
@@ -308,7 +333,7 @@ def isbi_scores(
         equal to ``gt_membrane_value`` are membrane. A bool array is a membrane mask (True =
         membrane) and ``gt_membrane_value`` is ignored.
     thresholds : array_like of float, optional
-        Thresholds in [0, 1]; default 0.0, 0.1, ..., 1.0 as the official script.
+        Membrane thresholds in [0, 1]; default 0.0, 0.1, ..., 1.0 (the official sweep).
     gt_membrane_value : int
         Value of membrane pixels in a non-bool ``gt_membrane_labels``.
     thinning : bool
@@ -318,8 +343,9 @@ def isbi_scores(
     -------
     dict
         ``v_rand``, ``v_rand_threshold``, ``v_rand_split``, ``v_rand_merge``, the same four for
-        ``v_info``, plus ``thresholds``, ``v_rand_curve`` and ``v_info_curve`` (per threshold).
-        Slices whose ground truth has no cell interior are left out of the averages.
+        ``v_info``, plus ``thresholds``, ``v_rand_curve`` and ``v_info_curve`` (per threshold;
+        NaN where Fiji's V_Info is 0/0). Slices whose ground truth has no cell interior are left
+        out of the averages (Fiji's would be NaN).
     """
     prob = _check_prob(membrane_prob)
     gt_mem = _gt_membrane(gt_membrane_labels, prob.shape, gt_membrane_value)
@@ -329,20 +355,22 @@ def isbi_scores(
     keep = [z for z in range(prob.shape[0]) if not gt_mem[z].all()]
     if not keep:
         raise ValueError("gt_membrane_labels has no cell interior in any slice; nothing to score")
-    gt_seg = {z: _cc_label(~gt_mem[z], connectivity=1) for z in keep}
+    gt_seg = {z: ndi.label(~gt_mem[z])[0] for z in keep}
+    interior, cuts = _interior_cuts(prob, ts)
     rand = np.zeros((ts.size, 3))
     info = np.zeros((ts.size, 3))
-    for k, t in enumerate(ts):
+    for k, cut in enumerate(cuts):
         for z in keep:
-            o = _overlap(_proposal_segments(prob[z] < t, thinning), gt_seg[z])
+            o = _overlap(_proposal_segments(interior[z] > cut, thinning), gt_seg[z])
             rand[k] += _rand_from(o)
-            info[k] += _info_from(o)
+            info[k] += _info_from(o, fiji=True)
     rand /= len(keep)
     info /= len(keep)
     out: dict[str, Any] = {"thresholds": ts.tolist()}
     for name, table in (("v_rand", rand), ("v_info", info)):
-        best = int(np.argmax(table[:, 0]))
-        out[name] = float(table[best, 0])
+        best = _best(table[:, 0], cuts)
+        out[name] = float(table[best, 0]) if best is not None else 0.0
+        best = 0 if best is None else best
         out[f"{name}_threshold"] = float(ts[best])
         out[f"{name}_split"] = float(table[best, 1])
         out[f"{name}_merge"] = float(table[best, 2])
@@ -378,7 +406,7 @@ def instance_scores(
         raise ValueError("gt_membrane_labels has no cell interior in any slice; nothing to score")
     rand, info = np.zeros(3), np.zeros(3)
     for z in keep:
-        o = _overlap(seg[z], _cc_label(~gt_mem[z], connectivity=1))
+        o = _overlap(seg[z], ndi.label(~gt_mem[z])[0])
         rand += _rand_from(o)
         info += _info_from(o)
     out: dict[str, float] = {}
@@ -386,3 +414,13 @@ def instance_scores(
         v, split, merge = (float(x) for x in total / len(keep))
         out.update({name: v, f"{name}_split": split, f"{name}_merge": merge})
     return out
+
+
+def _best(scores: np.ndarray, cuts: np.ndarray) -> int | None:
+    """Index of the best score in Fiji's sweep order (ascending cut), first of equals; None
+    when no score is above 0 (Fiji then reports 0)."""
+    best, value = None, 0.0
+    for k in np.argsort(cuts, kind="stable"):
+        if scores[k] > value:  # NaN never wins, as in Fiji
+            best, value = int(k), scores[k]
+    return best
