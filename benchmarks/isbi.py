@@ -11,8 +11,8 @@ UNet++ is scored at every pruned level and in "accurate" mode.
 
 Ablations (one run, one seed, the same fixed recipe for every row, so the rows compare):
 
-    python benchmarks/isbi.py --device cpu --preset fast --ablation weightmap   # w(x) on/off, w0, sigma
-    python benchmarks/isbi.py --device cpu --preset fast --ablation skips       # ResUNet long/short skips
+    python benchmarks/isbi.py --device cpu --preset fast --ablation weightmap  # w0, sigma
+    python benchmarks/isbi.py --device cpu --preset fast --ablation skips      # long/short skips
 
 Data: ../shared/data/isbi2012 (or --data); the ISBI 2012 challenge data of Arganda-Carreras et al.
 2015, images from Cardona et al. 2010.
