@@ -129,3 +129,20 @@ def test_weight_of_one_makes_wce_plain_cross_entropy():
 
     assert make_loss("wce")(logits, target, torch.ones(2, 8, 8)).item() == pytest.approx(
         make_loss("ce")(logits, target).item())
+
+
+def test_live_relabel_makes_the_same_weights_as_a_fresh_start():
+    from napari_unetseg.data import relabel
+
+    image = np.random.default_rng(0).random((2, 30, 30)).astype(np.float32)
+    lab = np.zeros((2, 30, 30), np.uint8)
+    lab[0, 5, 2:17] = 1
+    lab[1, 20, 0:30] = 2
+    d = prepare_data(image, lab, val_fraction=0)
+    more = lab.copy()
+    more[0, 10, :] = 2  # new strokes change the class counts, so the balance
+    d2 = relabel(d, more, val_fraction=0)
+    np.testing.assert_array_equal(d2.weight, training_targets(more, "sparse").weight)
+    flat = relabel(prepare_data(image, lab, val_fraction=0, weights=False), more,
+                   val_fraction=0)
+    assert flat.weight is None

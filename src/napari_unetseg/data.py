@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .normalize import Normalization
-from .targets import IGNORE, LABELS_MODES, training_targets
+from .targets import IGNORE, LABELS_MODES, target_weights, training_targets
 
 __all__ = ["IGNORE", "LABELS_MODES", "TrainingData", "as_stack", "prepare_data", "relabel"]
 
@@ -346,9 +346,8 @@ def prepare_data(
     )
 
 
-def _same_classes(lab: np.ndarray, data: TrainingData, w0: float, sigma: float
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Targets and weights of new labels in the classes ``data`` was prepared with."""
+def _same_classes(lab: np.ndarray, data: TrainingData) -> np.ndarray:
+    """Targets of new labels in the classes ``data`` was prepared with."""
     mode, values = data.labels_mode, data.class_values
     if mode == "sparse":
         top = int(lab.max()) if lab.size else 0
@@ -357,16 +356,15 @@ def _same_classes(lab: np.ndarray, data: TrainingData, w0: float, sigma: float
                              f"1..{len(values)} (train again to add a class)")
         if not lab.any():
             raise ValueError("labels contain no painted pixel; paint at least two classes")
-        return (lab.astype(np.int16) - 1).astype(np.int16), None
+        return (lab.astype(np.int16) - 1).astype(np.int16)
     if mode == "dense":
         found = np.unique(lab)
         new = sorted(set(found.tolist()) - set(values))
         if new:
             raise ValueError(f"label value(s) {new} are new; the model being trained has "
                              f"classes {list(values)} (train again to add a class)")
-        return np.searchsorted(np.asarray(values), lab).astype(np.int16), None
-    made = training_targets(lab, mode, w0=w0, sigma=sigma)
-    return made.target, made.weight
+        return np.searchsorted(np.asarray(values), lab).astype(np.int16)
+    return training_targets(lab, mode, weights=False).target
 
 
 def relabel(
@@ -377,9 +375,13 @@ def relabel(
     val_slices: Any = None,
     w0: float = 10.0,
     sigma: float = 5.0,
+    class_balance: bool = True,
     seed: int = 0,
 ) -> TrainingData:
     """``data`` with targets, weights and validation split made from new ``labels``.
+
+    Weights are made again when ``data`` has weights (with ``w0``, ``sigma`` and
+    ``class_balance``, as :func:`prepare_data` makes them).
 
     For training that goes on while the user paints: the image, its normalisation, the
     padding and the class values are kept (a model's classes cannot change mid-run); only
@@ -401,7 +403,10 @@ def relabel(
     size = data.min_size
     if _pad(lab[:1], size, m, "constant").shape[-2:] != (h, w):
         raise ValueError(f"labels shape {lab.shape} does not match the training image")
-    target, weight = _same_classes(lab, data, w0, sigma)
+    target = _same_classes(lab, data)
+    weight = None if data.weight is None else target_weights(
+        target, lab, data.labels_mode, data.num_classes, w0=w0, sigma=sigma,
+        balance=class_balance)
     if len(_classes(target)) < 2:
         raise ValueError(f"labels hold a single class ({data.labels_mode} values "
                          f"{np.unique(lab).tolist()}); training needs at least two")

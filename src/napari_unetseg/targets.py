@@ -34,7 +34,8 @@ from scipy import ndimage as ndi
 from .postprocess import label_dtype
 from .weightmap import border_weights, instance_targets
 
-__all__ = ["IGNORE", "LABELS_MODES", "Targets", "class_balance", "training_targets"]
+__all__ = ["IGNORE", "LABELS_MODES", "Targets", "class_balance", "target_weights",
+           "training_targets"]
 
 IGNORE = -1
 LABELS_MODES = ("sparse", "dense", "instances")
@@ -155,21 +156,39 @@ def training_targets(
     target, class_values = maker(lab)
     if not weights:
         return Targets(target, None, class_values)
-    k = len(class_values)
+    weight = target_weights(target, lab, labels_mode, len(class_values), w0=w0, sigma=sigma,
+                            balance=balance, slices=slices)
+    return Targets(target, weight, class_values)
+
+
+def target_weights(
+    target: np.ndarray,
+    labels: np.ndarray,
+    labels_mode: str,
+    classes: int,
+    *,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    balance: bool = True,
+    slices: Any = None,
+) -> np.ndarray:
+    """The weights of :func:`training_targets` for targets already made from ``labels``
+    (``(S, H, W)`` int16, ``classes`` classes); float32, 0 on unlabelled pixels."""
+    lab = np.asarray(labels)
     todo = range(len(target)) if slices is None else sorted({int(z) for z in slices})
     weight = np.zeros(target.shape, np.float32)
     if labels_mode == "sparse":
-        wc = class_balance(target, k) if balance else (target >= 0).astype(np.float32)
+        wc = class_balance(target, classes) if balance else (target >= 0).astype(np.float32)
         for z in todo:
             weight[z] = wc[z]
-        return Targets(target, weight, class_values)
+        return weight
     for z in todo:
         t = target[z]
         if not (t >= 0).any():
             continue
-        weight[z] = class_balance(t, k) if balance else (t >= 0)
+        weight[z] = class_balance(t, classes) if balance else (t >= 0)
         if w0 > 0:
             objects = (np.where(t > 0, lab[z], 0) if labels_mode == "instances"
                        else _regions(t))
             weight[z] += border_weights(objects, w0, sigma)
-    return Targets(target, weight, class_values)
+    return weight

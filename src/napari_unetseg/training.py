@@ -495,7 +495,8 @@ def _relabel(s: _Setup) -> bool:
     cfg = s.cfg
     try:
         s.data = relabel(s.data, labels, val_fraction=cfg.val_fraction,
-                         val_slices=cfg.val_slices, w0=cfg.w0, sigma=cfg.sigma, seed=cfg.seed)
+                         val_slices=cfg.val_slices, w0=cfg.w0, sigma=cfg.sigma,
+                         class_balance=cfg.class_balance, seed=cfg.seed)
     except (ValueError, TypeError) as e:
         log.info("live labels not used: %s", e)
         s.inbox.done(str(e))
