@@ -197,3 +197,20 @@ def test_invert_blur_and_noise_change_only_the_image():
     noisy = dataclasses.replace(AugmentConfig.off(), noise=0.5)
     out_i, out_t, _ = augment_batch(flat, target[:4], None, config=noisy, generator=_gen())
     assert 0.01 < (out_i - flat).std() < 0.5 and torch.equal(out_t, target[:4])
+
+
+def test_elastic_deformation_is_on_by_default():
+    """Ronneberger 2015: elastic deformation is the key augmentation; the trainer's default
+    config must deform (not only flip and rotate) the patches."""
+    from napari_unetseg.training import TrainConfig
+
+    cfg = TrainConfig().augment
+    assert cfg == AugmentConfig() and cfg.elastic and cfg.elastic_sigma > 0
+    g = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 2, (4, 32, 32), generator=g)
+    image = target[:, None].float()
+    _, out, _ = augment_batch(image, target, None, config=cfg, generator=_gen(5))
+    for k in range(4):
+        rigid = [torch.rot90(t, r, (-2, -1)) for t in (target[k], target[k].flip(-1))
+                 for r in range(4)]
+        assert not any(torch.equal(out[k], r) for r in rigid)

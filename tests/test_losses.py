@@ -132,13 +132,37 @@ def test_bce_dice_terms():
     onehot = F.one_hot(target.clamp(min=0), 3).permute(0, 3, 1, 2).float()
     bce = F.binary_cross_entropy(probs, onehot, reduction="none").mean(1)
     expected = bce[labelled].mean()
-    assert torch.allclose(bce_dice_loss(logits, target, dice_weight=0.0), expected, atol=1e-5)
-    both = bce_dice_loss(logits, target, dice_weight=0.5)
-    assert torch.allclose(both, expected + 0.5 * soft_dice_loss(logits, target), atol=1e-5)
+    only_bce = bce_dice_loss(logits, target, dice_weight=0.0, bce_weight=1.0)
+    assert torch.allclose(only_bce, expected, atol=1e-5)
     weight = torch.full(target.shape, 3.0)
-    weighted = bce_dice_loss(logits, target, weight, dice_weight=0.0)
+    weighted = bce_dice_loss(logits, target, weight, dice_weight=0.0, bce_weight=1.0)
     assert torch.allclose(weighted, 3 * expected, atol=1e-5)
     assert bce_dice_loss(perfect_logits(target, 3), target).item() < 1e-3
+
+
+def test_bce_dice_is_half_bce_plus_dice_per_image():
+    """UNet++ eq. 1: -1/N sum_b (1/2 Y_b log P_b + 2 Y_b P_b / (Y_b + P_b))."""
+    logits, target = batch(seed=11)
+    probs = logits.softmax(1)
+    labelled = target != -1
+    onehot = F.one_hot(target.clamp(min=0), 3).permute(0, 3, 1, 2).float()
+    bce = F.binary_cross_entropy(probs, onehot, reduction="none").mean(1)[labelled].mean()
+    per_image = []
+    for b in range(target.shape[0]):
+        m = labelled[b]
+        dices = []
+        for c in range(3):
+            g = (target[b] == c) & m
+            if g.any():
+                p = probs[b, c][m]
+                inter = (p * g[m]).sum()
+                dices.append((2 * inter + 1) / (p.sum() + g.sum() + 1))
+        per_image.append(1 - torch.stack(dices).mean())
+    expected = 0.5 * bce + torch.stack(per_image).mean()
+    assert torch.allclose(bce_dice_loss(logits, target), expected, atol=1e-5)
+    # per image, not over the batch: differs from the batch-wide soft Dice here
+    batch_wide = 0.5 * bce + soft_dice_loss(logits, target)
+    assert not torch.allclose(bce_dice_loss(logits, target), batch_wide, atol=1e-4)
 
 
 def test_bce_is_stable_for_confident_logits():

@@ -182,9 +182,44 @@ def test_unetpp_pruned_level_equals_head_of_full_forward():
         outs = model(x, level="all")
         for level in (1, 2, 3):
             assert torch.allclose(model(x, level=level), outs[level - 1], atol=1e-6)
-        assert torch.allclose(model(x), torch.stack(outs).mean(0), atol=1e-6)
         assert torch.allclose(model(x, level=None), model(x, level="accurate"))
         assert not torch.allclose(outs[0], outs[2])
+
+
+def test_unetpp_accurate_averages_the_heads_probabilities():
+    """Zhou et al. 2018: the accurate mode averages the heads' segmentation maps."""
+    for classes in (3, 1):
+        model = make(tiny("unetpp", depth=3, classes=classes)).eval()
+        x = rand(1, 1, 16, 16, seed=3)
+        with torch.no_grad():
+            heads = model(x, level="all")
+            acc = model(x)
+
+        def prob(z, classes=classes):
+            return z.softmax(1) if classes > 1 else z.sigmoid()
+
+        mean_p = torch.stack([prob(h) for h in heads]).mean(0)
+        assert torch.allclose(prob(acc), mean_p, atol=1e-6)
+        assert not torch.allclose(prob(torch.stack(heads).mean(0)), mean_p, atol=1e-4)
+
+
+def test_unetpp_level_computes_only_the_nodes_it_needs():
+    """Level L runs the (L + 1)(L + 2) / 2 nodes X(i, j), i + j <= L: 3, 6, 10 and 15."""
+    model = make(tiny("unetpp", depth=4)).eval()
+    ran: list[str] = []
+    for name, node in model.nodes.items():
+        node.register_forward_hook(lambda m, i, o, name=name: ran.append(name))
+    heads: list[str] = []
+    for name, head in model.heads.items():
+        head.register_forward_hook(lambda m, i, o, name=name: heads.append(name))
+    for level, count in ((1, 3), (2, 6), (3, 10), (4, 15)):
+        ran.clear()
+        heads.clear()
+        with torch.no_grad():
+            model(rand(1, 1, 16, 16), level=level)
+        assert len(ran) == count
+        assert all(int(n.split("_")[1]) + int(n.split("_")[2]) <= level for n in ran)
+        assert heads == [f"x_0_{level}"]
 
 
 def test_unetpp_flops_grow_with_level_and_stay_below_full():
@@ -215,7 +250,9 @@ def test_unetpp_without_deep_supervision_accurate_is_last_head():
     x = rand(1, 1, 12, 12)
     with torch.no_grad():
         assert torch.equal(model(x), model(x, level=2))
-        assert len(model(x, level="all")) == 2
+        for untrained in (1, "all"):  # heads no loss ever reached
+            with pytest.raises(ValueError, match="without deep supervision"):
+                model(x, level=untrained)
 
 
 # --- U-Net, unpadded ---------------------------------------------------------------------------
@@ -269,6 +306,43 @@ def test_resunet_blocks_and_short_skip_ablation(block):
     assert all(b.shortcut is None for b in model.encoder)
     with torch.no_grad():
         assert model(rand(1, 1, 13, 17)).shape == (1, 2, 13, 17)
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck", "simple"])
+def test_residual_block_adds_the_identity_shortcut(kind):
+    from napari_unetseg.models.blocks import ResidualBlock
+
+    torch.manual_seed(0)
+    block = ResidualBlock(8, 8, kind).eval()
+    x = rand(2, 8, 6, 6)
+    with torch.no_grad():
+        assert isinstance(block.shortcut, torch.nn.Identity)
+        assert torch.allclose(block(x), block.residual(x) + x, atol=1e-6)
+        plain = ResidualBlock(8, 8, kind, short_skip=False).eval()
+        plain.load_state_dict(block.state_dict())
+        assert torch.allclose(plain(x), block(x) - x, atol=1e-6)
+
+
+def test_resunet_blocks_per_level_and_dropout():
+    cfg = tiny("resunet", depth=2, width=4, block="bottleneck", blocks_per_level=(1, 3, 2))
+    model = make(cfg)
+    assert isinstance(model.encoder[0], torch.nn.Module) and len(model.encoder[1]) == 3
+    assert len(model.bottom) == 2 and len(model.decoder[1]) == 3
+    assert _n_params(cfg) > _n_params(tiny("resunet", depth=2, width=4, block="bottleneck"))
+    one = make(tiny("resunet", depth=2, width=4))  # one block: the state-dict names of old files
+    assert "encoder.0.residual.0.2.weight" in one.state_dict()
+    drop = make(dataclasses.replace(cfg, dropout=0.5))
+    x = rand(2, 1, 16, 16)
+    drop.train()
+    assert not torch.allclose(drop(x), drop(x))  # dropout active in training
+    drop.eval()
+    with torch.no_grad():
+        assert torch.equal(drop(x), drop(x))
+    with pytest.raises(ValueError, match="depth \\+ 1"):
+        tiny("resunet", depth=2, blocks_per_level=(1, 2))
+    with pytest.raises(ValueError, match="for arch='resunet'"):
+        tiny("unet", blocks_per_level=2)
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
 
 
 def test_resunet_block_kinds_differ():

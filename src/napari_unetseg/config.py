@@ -57,7 +57,17 @@ class ModelConfig:
     long_skips, short_skips : bool
         ResUNet ablation switches (Drozdzal 2016, table 1).
     deep_supervision : bool
-        UNet++: train every head X(0,1..depth); when off only the last head is trained.
+        UNet++: train every head X(0,1..depth); when off only the last head is trained, and
+        the pruned levels ``1..depth-1`` are refused (their heads are untrained).
+    blocks_per_level : int or tuple of int
+        ResUNet: residual blocks stacked per level, one number for every level or one per
+        level of the contracting path then the bottom (``depth + 1`` numbers; the expanding
+        path mirrors the contracting one). Drozdzal et al. (2016) stack 3, 8 and 10
+        bottleneck blocks on their deeper EM levels. Other networks: 1.
+    dropout : float
+        Dropout probability in ``[0, 1)``. ResUNet: at the end of every residual block's
+        branch (Drozdzal 2016 use dropout in every block); U-Net: at the end of the
+        contracting path (the two deepest feature maps, Ronneberger 2015). UNet++: 0.
     """
 
     arch: str = "unet"
@@ -71,9 +81,18 @@ class ModelConfig:
     long_skips: bool = True
     short_skips: bool = True
     deep_supervision: bool = True
+    blocks_per_level: int | tuple[int, ...] = 1
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.blocks_per_level, list):  # from JSON
+            object.__setattr__(self, "blocks_per_level", tuple(self.blocks_per_level))
         self.validate()
+
+    def level_blocks(self) -> tuple[int, ...]:
+        """Residual blocks of each contracting level and of the bottom (``depth + 1``)."""
+        b = self.blocks_per_level
+        return (b,) * (self.depth + 1) if isinstance(b, int) else tuple(b)
 
     def validate(self) -> None:
         """Raise ValueError/TypeError naming the bad field and what is allowed."""
@@ -90,6 +109,28 @@ class ModelConfig:
             raise ValueError(
                 f"padding='valid' is only available for arch='unet', got arch={self.arch!r}"
             )
+        self._validate_depth_options()
+
+    def _validate_depth_options(self) -> None:
+        b = self.blocks_per_level
+        if isinstance(b, tuple):
+            if len(b) != self.depth + 1:
+                raise ValueError(f"blocks_per_level needs depth + 1 = {self.depth + 1} numbers "
+                                 f"(contracting levels, then the bottom), got {len(b)}: {b}")
+            for i, n in enumerate(b):
+                _check_int(f"blocks_per_level[{i}]", n, 1, 64)
+        else:
+            _check_int("blocks_per_level", b, 1, 64)
+        if self.arch != "resunet" and self.level_blocks() != (1,) * (self.depth + 1):
+            raise ValueError(f"blocks_per_level is for arch='resunet' (residual blocks); "
+                             f"arch={self.arch!r} has one block per level")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)):
+            raise TypeError(f"dropout must be a number, got {type(d).__name__} {d!r}")
+        if not 0.0 <= d < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {d}")
+        if d and self.arch == "unetpp":
+            raise ValueError("dropout is for arch='unet' and 'resunet'; UNet++ has none")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -299,6 +299,10 @@ def _resolve_level(cfg: ModelConfig, level: int | str | None) -> int | str | Non
         return "accurate"
     if level != "accurate" and not 1 <= int(level) <= cfg.depth:
         raise ValueError(f"level must be 'accurate' or in 1..{cfg.depth}, got {level!r}")
+    if not cfg.deep_supervision and level not in ("accurate", cfg.depth):
+        raise ValueError(f"level {level!r}: this UNet++ was trained without deep supervision, "
+                         f"so only its level-{cfg.depth} head is trained; use level "
+                         f"{cfg.depth} or 'accurate'")
     return level
 
 

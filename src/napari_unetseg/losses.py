@@ -10,8 +10,8 @@ accelerator the check would cost a host sync per step, so validate targets upstr
 - :func:`weighted_cross_entropy`: the U-Net energy, Ronneberger et al. (2015), eq. 1, with
   the per-pixel weight map of eq. 2 (:func:`napari_unetseg.weightmap.weight_map`).
 - :func:`soft_dice_loss`: soft Dice (Milletari et al. 2016, V-Net) on softmax probabilities.
-- :func:`bce_dice_loss`: per-class binary cross-entropy plus soft Dice, the UNet++ loss
-  (Zhou et al. 2018, eq. 1), taken on softmax probabilities.
+- :func:`bce_dice_loss`: ``BCE / 2 + Dice loss`` with the Dice taken per image, the UNet++
+  loss (Zhou et al. 2018, eq. 1), on softmax probabilities.
 - :class:`DeepSupervisionLoss`: a weighted sum over the UNet++ heads X(0,1..L).
 - :func:`consistency_loss`: agreement with a teacher's predictions on the unlabelled pixels
   (fine-tuning from a pretrained model keeps what it knows where nothing is painted).
@@ -182,6 +182,22 @@ def _log1m_softmax(logits: torch.Tensor) -> torch.Tensor:
     return rest - torch.logsumexp(logits, dim=1, keepdim=True)
 
 
+def _soft_dice_per_image(
+    probs: torch.Tensor, onehot: torch.Tensor, labelled: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Mean over the images with labelled pixels of ``1 - mean Dice`` over the classes present
+    in each image's labelled target (sums over each image's pixels)."""
+    mask = labelled.unsqueeze(1).to(probs.dtype)
+    dims = (2, 3)
+    intersection = (probs * onehot * mask).sum(dims)
+    sizes = (probs * mask).sum(dims) + onehot.sum(dims)
+    dice = (2.0 * intersection + eps) / (sizes + eps)  # (N, K)
+    present = (onehot.sum(dims) > 0).to(probs.dtype)
+    per_image = ((1.0 - dice) * present).sum(1) / present.sum(1).clamp(min=1)
+    has = labelled.flatten(1).any(1).to(probs.dtype)
+    return (per_image * has).sum() / has.sum().clamp(min=1)
+
+
 def bce_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -189,35 +205,41 @@ def bce_dice_loss(
     ignore_index: int = -1,
     dice_weight: float = 1.0,
     eps: float = 1.0,
+    bce_weight: float = 0.5,
 ) -> torch.Tensor:
     """Binary cross-entropy plus soft Dice, the UNet++ loss (Zhou et al. 2018, eq. 1).
 
-    Both terms use the softmax class probabilities ``p``, so training and inference agree.
-    The BCE of each class's ``p_c`` against its one-hot target is averaged over the K classes.
-    ``log p`` and ``log(1 - p)`` are computed from the logits, so they stay finite. The result
-    is weighted per pixel and averaged like :func:`weighted_cross_entropy`.
-    ``loss = BCE + dice_weight * soft_dice_loss``.
+    ``loss = bce_weight * BCE + dice_weight * Dice loss``, by default the paper's
+    ``BCE / 2 + Dice``. The Dice term is per image, as in the paper's sum over the images
+    ``b`` of a batch: each image's ``1 - mean Dice`` over the classes in its labelled target
+    (sums over that image's labelled pixels, smoothing ``eps``), averaged over the images
+    with labelled pixels. Both terms use the softmax class probabilities ``p``, so training
+    and inference agree. The BCE of each class's ``p_c`` against its one-hot target is
+    averaged over the K classes; ``log p`` and ``log(1 - p)`` are computed from the logits,
+    so they stay finite. The BCE is weighted per pixel and averaged like
+    :func:`weighted_cross_entropy`.
 
     Parameters
     ----------
     logits, target, weight, ignore_index
         As in :func:`weighted_cross_entropy`; ``weight`` applies to the BCE term only.
-    dice_weight : float
-        Weight of the Dice term (>= 0). The paper's ``BCE / 2 + Dice`` is 2, up to scale.
+    dice_weight, bce_weight : float
+        Weights of the two terms (>= 0); the paper's are 1 and 1/2.
     eps : float
         Dice smoothing (see :func:`soft_dice_loss`).
     """
     labelled = _check_inputs(logits, target, weight, ignore_index)
     _check_positive("eps", eps)
     _check_positive("dice_weight", dice_weight, allow_zero=True)
+    _check_positive("bce_weight", bce_weight, allow_zero=True)
     onehot = _one_hot(target, labelled, logits.shape[1]).to(logits.dtype)
     log_p = torch.log_softmax(logits, dim=1)
     bce = -(onehot * log_p + (1.0 - onehot) * _log1m_softmax(logits)).mean(dim=1)
     if weight is not None:
         bce = bce * torch.where(labelled, weight, torch.zeros_like(weight)).to(bce.dtype)
-    loss = _mean_over(bce, labelled)
+    loss = bce_weight * _mean_over(bce, labelled)
     if dice_weight > 0:
-        loss = loss + dice_weight * _soft_dice(log_p.exp(), onehot, labelled, eps)
+        loss = loss + dice_weight * _soft_dice_per_image(log_p.exp(), onehot, labelled, eps)
     return loss
 
 

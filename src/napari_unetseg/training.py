@@ -45,6 +45,7 @@ from .config import ModelConfig
 from .data import TrainingData, prepare_data, relabel
 from .devices import drain, resolve_device
 from .live import LabelsInbox
+from .models.unetpp import mean_probability_logits
 from .normalize import Normalization
 from .sampler import PatchSampler
 from .train_config import TrainConfig, TrainEvent, TrainResult
@@ -372,7 +373,8 @@ def _forward(s: _Setup, img: torch.Tensor, model: torch.nn.Module | None = None)
 
 
 def _mean_logits(out: Any) -> torch.Tensor:
-    return torch.stack(out).mean(0) if isinstance(out, list) else out
+    """Logits of the heads' mean probabilities (UNet++'s accurate mode), or ``out``."""
+    return mean_probability_logits(out) if isinstance(out, list) else out
 
 
 def _crop(t: torch.Tensor | None, m: int) -> torch.Tensor | None:

@@ -116,11 +116,15 @@ class LevelsWidget(QWidget):
     # ------------------------------------------------------------------ model and levels
 
     def levels(self) -> list[int | str]:
-        """Selectable outputs: ``1..depth`` then ``"accurate"`` (empty without a UNet++)."""
+        """Selectable outputs: ``1..depth`` then ``"accurate"`` (empty without a UNet++).
+
+        Without deep supervision only the last head was trained: ``depth`` and "accurate".
+        """
         saved = self.store.saved
         if saved is None or saved.config.arch != "unetpp":
             return []
-        return [*range(1, saved.config.depth + 1), "accurate"]
+        first = 1 if saved.config.deep_supervision else saved.config.depth
+        return [*range(first, saved.config.depth + 1), "accurate"]
 
     def level(self) -> int | str | None:
         """The level the slider points at."""

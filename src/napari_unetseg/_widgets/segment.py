@@ -167,7 +167,8 @@ class SegmentWidget(QWidget):
         if saved is None:
             return
         depth = saved.config.depth if saved.config.arch == "unetpp" else 0
-        self.level.addItems(["accurate"] + [f"L{i}" for i in range(1, depth + 1)])
+        first = 1 if saved.config.deep_supervision else depth  # untrained heads: not offered
+        self.level.addItems(["accurate"] + [f"L{i}" for i in range(first, depth + 1) if i])
         self.level.setEnabled(depth > 0)
         names = saved.class_names or [str(v) for v in saved.class_values]
         self.show_class.addItems([f"{v}: {n}" if str(v) != n else n

@@ -29,19 +29,20 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     check_output(out, args.overwrite, (args.image, args.labels, args.resume))
-    model_kw, train_kw = presets.split(presets.preset(args.preset))
-    for key in ("depth", "width"):
+    settings = presets.preset(args.preset)
+    model_kw, train_kw = presets.split(settings)
+    for key in ("depth", "width", "block", "blocks_per_level", "dropout"):
         if getattr(args, key) is not None:
             model_kw[key] = getattr(args, key)
-    for key in ("iterations", "batch_size", "patch_size"):
+    for key in ("iterations", "batch_size", "patch_size", "lr", "optimizer"):
         if getattr(args, key) is not None:
             train_kw[key] = getattr(args, key)
-    train_cfg = TrainConfig(
-        lr=args.lr, loss=_loss(args), device=args.device, seed=args.seed, **train_kw,
-        **({"optimizer": args.optimizer} if args.optimizer else {}), **_weight_options(args),
-    )
+    train_kw["loss"] = args.loss or train_kw.get("loss", "wce")
+    train_kw.update(_weight_options(args, train_kw["loss"]))
+    train_cfg = TrainConfig(device=args.device, seed=args.seed, **train_kw)
+    arch = args.arch or settings.get("arch", "unet")
     if not args.resume:  # the architecture options, checked before any file is read
-        ModelConfig(arch=args.arch or "unet", classes=args.classes or 2, **model_kw)
+        ModelConfig(arch=arch, classes=args.classes or 2, **model_kw)
     init = _init(args)
     resume = None
     if args.resume:
@@ -61,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
         model_cfg = config_for(init, classes, channels)
     elif not args.resume:
-        model_cfg = ModelConfig(arch=args.arch or "unet", classes=classes, in_channels=channels,
-                                **model_kw)
+        model_cfg = ModelConfig(arch=arch, classes=classes, in_channels=channels, **model_kw)
     bar = Progress("train")
     gen = train(image, labels, model_cfg, train_cfg, labels_mode=args.labels_mode,
                 channel_axis=args.channel_axis, resume=resume, init=init)
@@ -142,13 +142,7 @@ def _diverged(e: Any, out: Path, args: argparse.Namespace) -> str:
             "or check the image for extreme values")
 
 
-def _loss(args: argparse.Namespace) -> str:
-    """``--loss``, by default the weighted cross entropy: every labels mode has weights (the
-    border term of dense and instance labels, the class balance of strokes)."""
-    return args.loss or "wce"
-
-
-def _weight_options(args: argparse.Namespace) -> dict[str, Any]:
+def _weight_options(args: argparse.Namespace, loss: str) -> dict[str, Any]:
     """TrainConfig weight-map fields set on the command line; refused with a loss that
     ignores the weight map, where they would silently do nothing."""
     from ..losses import WEIGHTED_LOSSES
@@ -156,13 +150,22 @@ def _weight_options(args: argparse.Namespace) -> dict[str, Any]:
     given = {k: v for k, v in (("w0", args.w0), ("sigma", args.sigma)) if v is not None}
     if args.no_class_balance:
         given["class_balance"] = False
-    loss = _loss(args)
     if given and loss not in WEIGHTED_LOSSES:
         flags = ", ".join("--no-class-balance" if k == "class_balance" else f"--{k}"
                           for k in given)
         raise CliError(f"{flags} set the weight map, which --loss {loss} ignores; use "
                        f"--loss {' or '.join(WEIGHTED_LOSSES)}")
     return given
+
+
+def _blocks(text: str) -> int | tuple[int, ...]:
+    """``--blocks-per-level``: one number, or depth + 1 numbers separated by commas."""
+    try:
+        parts = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or comma-separated numbers, got {text!r}") from None
+    return parts[0] if len(parts) == 1 else parts
 
 
 def _count_classes(labels: np.ndarray, mode: str) -> int:
@@ -175,6 +178,8 @@ def _count_classes(labels: np.ndarray, mode: str) -> int:
 
 
 def add_parser(sub: Any) -> None:
+    from .. import presets
+
     t = sub.add_parser(
         "train", help="train a model on an image and a label image (TIFF)",
         epilog=example("napari-unetseg train volume.tif labels.tif -o model.unetseg "
@@ -184,14 +189,16 @@ def add_parser(sub: Any) -> None:
     t.add_argument("labels", help="label image (TIFF) of the same shape (see --labels-mode)")
     t.add_argument("-o", "--output", required=True, help="model file to write (.unetseg)")
     t.add_argument("--arch", default=None, choices=["unet", "unetpp", "resunet"],
-                   help="network; default: unet (or the --resume model's)")
+                   help="network; default: the preset's, unet (or the --resume model's)")
     t.add_argument("--labels-mode", default="dense", choices=["sparse", "dense", "instances"],
                    help="sparse: strokes 1..K, 0 unlabelled; dense: every pixel a class value; "
                         "instances: objects (0 = background) trained with border weights")
     t.add_argument("--slices", help="slices of the stack to train on, e.g. 0:25 or 7; "
                                     "default: all")
-    t.add_argument("--preset", default="fast", choices=["fast", "paper"],
-                   help="fast: small network for a CPU; paper: width 64, for a GPU")
+    t.add_argument("--preset", default="fast", choices=list(presets.PRESETS),
+                   help="fast: small U-Net for a CPU; paper: Ronneberger et al.'s recipe; "
+                        "wide: width 64, same padding, Adam; resunet-em: Drozdzal et al.'s deep "
+                        "residual EM network (the last three for a GPU); default: fast")
     t.add_argument("--iterations", type=int, default=None,
                    help="training steps; default: from the preset (fast: 400)")
     t.add_argument("--depth", type=int, default=None,
@@ -205,11 +212,20 @@ def add_parser(sub: Any) -> None:
                    help="patches per step; default: from the preset (fast: 4)")
     t.add_argument("--patch-size", type=int, default=None,
                    help="patch side in pixels; default: from the preset (fast: 192)")
-    t.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    t.add_argument("--block", default=None, choices=["basic", "bottleneck", "simple"],
+                   help="ResUNet residual block; default: the preset's (basic)")
+    t.add_argument("--blocks-per-level", type=_blocks, default=None,
+                   help="ResUNet: residual blocks per level, N or N0,..,Ndepth (last: bottom); "
+                        "default: the preset's (1)")
+    t.add_argument("--dropout", type=float, default=None,
+                   help="dropout probability (ResUNet: every block; U-Net: deepest levels); "
+                        "default: the preset's (fast: 0)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="learning rate; default: the preset's or 1e-3")
     t.add_argument("--loss", default=None, choices=["wce", "ce", "dice", "bce_dice"],
                    help="wce: cross-entropy weighted by the U-Net weight map; ce: unweighted; "
                         "dice: soft Dice; bce_dice: the UNet++ loss (BCE weighted); default: "
-                        "the preset's (wce)")
+                        "the preset's, else wce")
     t.add_argument("--w0", type=float, default=None,
                    help="weight-map border term amplitude, 0 = off; default: 10")
     t.add_argument("--sigma", type=float, default=None,

@@ -75,10 +75,13 @@ class ResidualBlock(nn.Module):
         ``simple``: a single 3x3.
     short_skip : bool
         Keep the short (residual) skip connection.
+    dropout : float
+        Dropout probability at the end of the residual branch (before the addition).
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kind: str = "basic", short_skip: bool = True
+        self, in_channels: int, out_channels: int, kind: str = "basic", short_skip: bool = True,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if kind == "basic":
@@ -91,7 +94,10 @@ class ResidualBlock(nn.Module):
         else:
             raise ValueError(f"block must be one of basic, bottleneck, simple; got {kind!r}")
         self.kind = kind
-        self.residual = nn.Sequential(*(_preact_conv(*u) for u in units))
+        layers: list[nn.Module] = [_preact_conv(*u) for u in units]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))  # last: the units keep their state-dict names
+        self.residual = nn.Sequential(*layers)
         self.shortcut: nn.Module | None = None
         if short_skip:
             same = in_channels == out_channels

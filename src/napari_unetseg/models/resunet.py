@@ -29,6 +29,10 @@ class ResUNet(SegmentationNet):
     short-skip switch removes the residual additions and their 1x1 projections. Together
     ``config.long_skips`` / ``config.short_skips`` reproduce the paper's long/short skip ablation.
 
+    ``config.blocks_per_level`` stacks several blocks per level (the paper's EM network is
+    hundreds of layers deep: 3, 8 and 10 bottleneck blocks on its deeper levels), and
+    ``config.dropout`` adds dropout at the end of every block's branch.
+
     Parameters
     ----------
     config : ModelConfig
@@ -40,15 +44,21 @@ class ResUNet(SegmentationNet):
         super().__init__(config)
         d, w = config.depth, config.width
         ch = [w * 2**i for i in range(d + 1)]
-        kind, short = config.block, config.short_skips
+        n = config.level_blocks()
+
+        def stack(cin: int, cout: int, count: int) -> nn.Module:
+            blocks = [ResidualBlock(cin if k == 0 else cout, cout, config.block,
+                                    config.short_skips, config.dropout) for k in range(count)]
+            return blocks[0] if count == 1 else nn.Sequential(*blocks)  # 1: names as before
+
         self.stem = nn.Conv2d(config.in_channels, w, 3, padding=1, bias=False)
         self.encoder = nn.ModuleList(
-            ResidualBlock(w if i == 0 else ch[i - 1], ch[i], kind, short) for i in range(d)
+            stack(w if i == 0 else ch[i - 1], ch[i], n[i]) for i in range(d)
         )
         self.pool = nn.MaxPool2d(2)
-        self.bottom = ResidualBlock(ch[d - 1], ch[d], kind, short)
+        self.bottom = stack(ch[d - 1], ch[d], n[d])
         self.up = nn.ModuleList(up_conv(ch[i + 1], ch[i]) for i in range(d))
-        self.decoder = nn.ModuleList(ResidualBlock(ch[i], ch[i], kind, short) for i in range(d))
+        self.decoder = nn.ModuleList(stack(ch[i], ch[i], n[i]) for i in range(d))
         self.head = nn.Sequential(
             nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.Conv2d(w, config.classes, 1)
         )

@@ -24,7 +24,11 @@ class UNet(SegmentationNet):
 
     With ``padding="valid"`` the convolutions are unpadded as in the paper: every level loses
     4 pixels at its own scale, so ``margin = 6 * 2**depth - 4`` (92 for depth 4: a 572x572
-    tile gives 388x388 logits, Fig. 1 of the paper).
+    tile gives 388x388 logits, Fig. 1 of the paper). ``config.dropout`` adds the paper's
+    "drop-out layers at the end of the contracting path" (after the deepest contracting
+    block, which also feeds its skip, and after the bottom block). Without BatchNorm the
+    weights start as in the paper: Gaussian with standard deviation ``sqrt(2 / N)``, ``N`` the
+    incoming connections of a unit.
 
     Parameters
     ----------
@@ -47,6 +51,12 @@ class UNet(SegmentationNet):
         self.up = nn.ModuleList(up_conv(ch[i + 1], ch[i]) for i in range(d))
         self.decoder = nn.ModuleList(conv_block(2 * ch[i], ch[i], **opts) for i in range(d))
         self.head = nn.Conv2d(ch[0], config.classes, 1)
+        self.drop = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        if not config.batchnorm:  # the paper's init: Gaussian, std sqrt(2 / fan-in)
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                    nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                    nn.init.zeros_(m.bias)
 
     # --- geometry of the unpadded network ----------------------------------------------
     @property
@@ -111,11 +121,13 @@ class UNet(SegmentationNet):
     # --- forward ----------------------------------------------------------------------------
     def _forward_padded(self, x: torch.Tensor, level: Level) -> torch.Tensor:
         skips = []
-        for block in self.encoder:
+        for i, block in enumerate(self.encoder):
             x = block(x)
+            if i == len(self.encoder) - 1:
+                x = self.drop(x)
             skips.append(x)
             x = self.pool(x)
-        x = self.bottom(x)
+        x = self.drop(self.bottom(x))
         for i in reversed(range(self.config.depth)):
             x = self.up[i](x)
             skip = crop_center(skips[i], *x.shape[-2:])

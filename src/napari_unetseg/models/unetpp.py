@@ -3,17 +3,19 @@ Architecture for Medical Image Segmentation", DLMIA, Fig. 1 and Eq. 1)."""
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
 from .base import Level, Output, SegmentationNet
 from .blocks import conv_block, up_conv
 
-__all__ = ["UNetPlusPlus"]
+__all__ = ["UNetPlusPlus", "mean_probability_logits"]
 
 
 class UNetPlusPlus(SegmentationNet):
@@ -33,9 +35,12 @@ class UNetPlusPlus(SegmentationNet):
     ``forward(x, level=L)`` (``L`` in ``1..depth``) computes only the nodes with
     ``i + j <= L`` - the sub-network X(0, L) depends on - so lower levels are really cheaper
     (the paper's pruned "fast mode", Sec. 2.3). ``level="accurate"`` (the default, also
-    ``None``) averages the logits of every head; ``level="all"`` returns each head's logits,
-    ``X(0, 1)`` first. When ``config.deep_supervision`` is off only the last head is trained,
-    so ``"accurate"`` returns the ``X(0, depth)`` head alone.
+    ``None``) averages the *probabilities* of every head, as the paper's accurate mode does
+    (returned as their log, see :func:`mean_probability_logits`, so that a softmax of the
+    output is that mean); ``level="all"`` returns each head's logits, ``X(0, 1)`` first.
+    When ``config.deep_supervision`` is off only the last head is trained: ``"accurate"``
+    returns the ``X(0, depth)`` head alone, and the levels ``1..depth-1`` and ``"all"``,
+    whose heads were never trained, raise ValueError.
 
     Parameters
     ----------
@@ -74,11 +79,25 @@ class UNetPlusPlus(SegmentationNet):
             return "accurate"
         if isinstance(level, numbers.Integral) and not isinstance(level, bool):
             if 1 <= level <= self.num_levels:
+                self.check_trained(int(level))
                 return int(level)
         elif level in ("accurate", "all"):
+            self.check_trained(level)
             return level
         valid = ", ".join(repr(v) for v in self.levels)
         raise ValueError(f"level must be one of {valid} (or None); got {level!r}")
+
+    def check_trained(self, level: Level) -> None:
+        """Raise ValueError for an output whose head was never trained (without deep
+        supervision only ``X(0, depth)`` is: ``"accurate"`` and ``depth`` are allowed)."""
+        d = self.config.depth
+        if self.config.deep_supervision or level in ("accurate", None, d):
+            return
+        raise ValueError(
+            f"this UNet++ was trained without deep supervision: only its level-{d} head was "
+            f"trained, so level {level!r} would use untrained weights; use level={d} or "
+            "'accurate' (the same), or train with deep_supervision=True to prune"
+        )
 
     def modules_for_level(self, level: int) -> Iterator[nn.Module]:
         """The modules a level-``level`` forward uses (nodes ``i + j <= level``, its head)."""
@@ -105,7 +124,7 @@ class UNetPlusPlus(SegmentationNet):
         outs = [self.heads[_name(0, j)](feats[0, j]) for j in range(1, d + 1)]
         if level == "all":
             return outs
-        return torch.stack(outs).mean(dim=0)
+        return mean_probability_logits(outs)
 
     def _compute_nodes(self, x: torch.Tensor, top: int) -> dict[tuple[int, int], torch.Tensor]:
         """Evaluate ``X(i, j)`` for all ``i + j <= top``, column by column (Eq. 1)."""
@@ -119,6 +138,21 @@ class UNetPlusPlus(SegmentationNet):
                 same_row = [feats[i, k] for k in range(j)]
                 feats[i, j] = self.nodes[_name(i, j)](torch.cat([*same_row, up], dim=1))
         return feats
+
+
+def mean_probability_logits(heads: list[torch.Tensor]) -> torch.Tensor:
+    """Logits whose softmax (sigmoid for one class) is the mean of the heads' probabilities.
+
+    Zhou et al. (2018) average the heads' segmentation maps in the accurate mode; the log of
+    that mean is a valid logit, computed stably with logsumexp.
+    """
+    stacked = torch.stack(heads)
+    log_n = math.log(len(heads))
+    if stacked.shape[2] == 1:  # sigmoid: log(mean p) - log(mean (1 - p))
+        pos = torch.logsumexp(F.logsigmoid(stacked), dim=0) - log_n
+        neg = torch.logsumexp(F.logsigmoid(-stacked), dim=0) - log_n
+        return pos - neg
+    return torch.logsumexp(torch.log_softmax(stacked, dim=2), dim=0) - log_n
 
 
 def _name(i: int, j: int) -> str:
