@@ -105,11 +105,11 @@ def _dense(lab: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
     return inverse.reshape(lab.shape).astype(np.int16), tuple(int(v) for v in values)
 
 
-def _instances(lab: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+def _instances(lab: np.ndarray, slices: Any = None) -> tuple[np.ndarray, tuple[int, ...]]:
     target = np.full(lab.shape, IGNORE, np.int16)
-    for i, inst in enumerate(lab):
-        if inst.any():
-            target[i] = np.asarray(instance_targets(inst), dtype=np.int16)
+    for i in range(len(lab)) if slices is None else sorted({int(z) for z in slices}):
+        if lab[i].any():
+            target[i] = np.asarray(instance_targets(lab[i]), dtype=np.int16)
     if not (target >= 0).any():
         raise ValueError("instance labels contain no object (all zero)")
     return target, (0, 1)
@@ -141,8 +141,9 @@ def training_targets(
         Class-balance term ``wc`` (else ``wc = 1`` on labelled pixels).
     slices : iterable of int or None
         Compute the weights of these slices only (the others stay 0), e.g. the slice a
-        preview shows; the targets and the class counts of sparse strokes still come from
-        the whole stack, so the weights of those slices equal the full computation's.
+        preview shows. The class values of dense labels and the class counts of strokes
+        still come from the whole stack, so the weights of those slices equal the full
+        computation's (instance targets, which are per slice, are made for them only).
 
     Raises
     ------
@@ -152,8 +153,10 @@ def training_targets(
     if labels_mode not in LABELS_MODES:
         raise ValueError(f"labels_mode must be one of {LABELS_MODES}, got {labels_mode!r}")
     lab = np.asarray(labels)
-    maker = {"sparse": _sparse, "dense": _dense, "instances": _instances}[labels_mode]
-    target, class_values = maker(lab)
+    if labels_mode == "instances":
+        target, class_values = _instances(lab, slices)
+    else:
+        target, class_values = (_sparse if labels_mode == "sparse" else _dense)(lab)
     if not weights:
         return Targets(target, None, class_values)
     weight = target_weights(target, lab, labels_mode, len(class_values), w0=w0, sigma=sigma,

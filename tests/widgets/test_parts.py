@@ -14,8 +14,18 @@ from napari_unetseg.presets import PRESETS
 def test_presets_and_configs(qtbot):
     form = TrainForm()
     qtbot.addWidget(form)
-    form.preset.setCurrentText("paper")
+    form.preset.setCurrentText("paper (Ronneberger 2015)")
     assert (form.depth.value(), form.width.value()) == (4, 64)
+    paper, ptrain = form.model_config(classes=2), form.train_config()
+    assert (paper.padding, paper.batchnorm, paper.dropout) == ("valid", False, 0.5)
+    assert (ptrain.optimizer, ptrain.loss, ptrain.patch_size) == ("sgd", "wce", 572)
+    form.preset.setCurrentText("ResUNet EM (Drozdzal 2016)")
+    em = form.model_config(classes=2)
+    assert (em.arch, em.block, em.blocks_per_level) == ("resunet", "bottleneck",
+                                                         (1, 1, 3, 8, 10, 3))
+    form.blocks.setValue(2)  # editing a preset field: custom, its hidden settings dropped
+    assert form.preset.currentText() == "custom"
+    assert form.model_config(classes=2).blocks_per_level == 2
     form.preset.setCurrentText("fast, CPU friendly")
     fast = PRESETS["fast"]  # the core's recipe, shared with the CLI and the benchmarks
     assert (form.depth.value(), form.width.value()) == (fast["depth"], fast["width"])

@@ -24,7 +24,7 @@ from ..training import TrainConfig
 from ._common import available_devices
 from ._live import PREVIEW_S
 
-__all__ = ["ARCHS", "LABELS_MODES", "PRESETS", "STARTS", "TrainForm"]
+__all__ = ["ARCHS", "LABELS_MODES", "PRESETS", "PRESET_NAMES", "STARTS", "TrainForm"]
 
 #: Shown name -> ``ModelConfig.arch``.
 ARCHS = {"U-Net": "unet", "UNet++": "unetpp", "ResUNet": "resunet"}
@@ -41,17 +41,32 @@ STARTS = {
     "bundled EM membranes": "bundled",
     "current model (loaded or trained)": "current",
 }
-#: Preset -> field values it sets. "paper": Ronneberger et al. (2015) width 64, depth 4.
-def _form_values(name: str) -> dict[str, int]:
-    v = core_presets.preset(name)
-    return {"depth": v["depth"], "width": v["width"], "iterations": v["iterations"],
-            "patch": v["patch_size"], "batch": v["batch_size"]}
-
-
-PRESETS = {
-    "fast, CPU friendly": _form_values("fast"),
-    "paper": _form_values("paper"),
+#: Shown name -> core preset (:mod:`napari_unetseg.presets`).
+PRESET_NAMES = {
+    "fast, CPU friendly": "fast",
+    "paper (Ronneberger 2015)": "paper",
+    "wide (width 64, same padding)": "wide",
+    "ResUNet EM (Drozdzal 2016)": "resunet-em",
 }
+#: Form fields a preset sets (shown), and settings it keeps out of sight until edited.
+_SHOWN = ("arch", "depth", "width", "iterations", "patch", "batch", "block", "blocks",
+          "dropout", "loss", "lr")
+_HIDDEN = ("padding", "batchnorm", "optimizer", "blocks_per_level")
+
+
+def _form_values(name: str) -> dict[str, object]:
+    v = core_presets.preset(name)
+    blocks = v.get("blocks_per_level", 1)
+    return {"arch": v.get("arch", "unet"), "depth": v["depth"], "width": v["width"],
+            "iterations": v["iterations"], "patch": v["patch_size"], "batch": v["batch_size"],
+            "block": v.get("block", "basic"),
+            "blocks": blocks if isinstance(blocks, int) else max(blocks),
+            "dropout": v.get("dropout", 0.0), "loss": v.get("loss", "wce"),
+            "lr": v.get("lr", 1e-3),
+            **{k: v[k] for k in _HIDDEN if k in v}}
+
+
+PRESETS = {shown: _form_values(core) for shown, core in PRESET_NAMES.items()}
 CUSTOM = "custom"
 LOSSES = ("wce", "ce", "dice", "bce_dice")
 
@@ -84,7 +99,16 @@ class TrainForm(QWidget):
         self.depth, self.width = _spin(1, 8, 3), _spin(1, 512, 16)
         self.loss = QComboBox()
         self.loss.addItems(list(LOSSES))
-        self.loss.setToolTip("wce: U-Net weighted cross entropy (weights in instances mode)")
+        self.loss.setToolTip("wce: U-Net weighted cross entropy with the weight map")
+        self.block = QComboBox()
+        self.block.addItems(["basic", "bottleneck", "simple"])
+        self.block.setToolTip("ResUNet residual block")
+        self.blocks = _spin(1, 64, 1)
+        self.blocks.setToolTip("ResUNet: residual blocks per level")
+        self.dropout = QDoubleSpinBox()
+        self.dropout.setRange(0.0, 0.9)
+        self.dropout.setSingleStep(0.05)
+        self.dropout.setToolTip("ResUNet: in every block; U-Net: at the deepest levels")
         self.augment = QCheckBox("augmentation (flips, rotations, elastic)")
         self.augment.setChecked(True)
         self.iterations, self.batch = _spin(1, 1_000_000, 300, 50), _spin(1, 256, 4)
@@ -109,10 +133,13 @@ class TrainForm(QWidget):
         self.preview_every.setToolTip(
             "refresh the live preview of the slice on screen every so many seconds, and at "
             "once when you move to another slice (0 = no preview)")
+        self._hidden: dict[str, object] = {}
         self._layout()
         self.preset.currentTextChanged.connect(self.apply_preset)
-        for spin in (self.depth, self.width, self.iterations, self.patch, self.batch):
-            spin.valueChanged.connect(self._edited)
+        for field in self._fields().values():
+            signal = (field.currentTextChanged if isinstance(field, QComboBox)
+                      else field.valueChanged)
+            signal.connect(self._edited)
         self.apply_preset(self.preset.currentText())
 
     def _layout(self) -> None:
@@ -123,7 +150,8 @@ class TrainForm(QWidget):
         top.addRow("preset", self.preset)
         adv = QFormLayout()
         for label, field in (
-            ("depth", self.depth), ("width", self.width), ("loss", self.loss),
+            ("depth", self.depth), ("width", self.width), ("residual block", self.block),
+            ("blocks per level", self.blocks), ("dropout", self.dropout), ("loss", self.loss),
             ("", self.augment), ("iterations", self.iterations), ("time budget", self.budget),
             ("learning rate", self.lr), ("batch", self.batch), ("patch size", self.patch),
             ("device", self.device), ("preview every", self.preview_every),
@@ -138,24 +166,46 @@ class TrainForm(QWidget):
         box.addLayout(top)
         box.addWidget(self.advanced)
 
+    def _fields(self) -> dict[str, QWidget]:
+        return {"arch": self.arch, "depth": self.depth, "width": self.width,
+                "iterations": self.iterations, "patch": self.patch, "batch": self.batch,
+                "block": self.block, "blocks": self.blocks, "dropout": self.dropout,
+                "loss": self.loss, "lr": self.lr}
+
+    def _values(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for key, field in self._fields().items():
+            if key == "arch":
+                out[key] = ARCHS[field.currentText()]
+            elif isinstance(field, QComboBox):
+                out[key] = field.currentText()
+            else:
+                out[key] = field.value()
+        return out
+
     def apply_preset(self, name: str) -> None:
-        """Set depth, width, iterations, patch and batch from the preset ``name``."""
+        """Set the fields from the preset ``name`` and keep its other settings (padding,
+        BatchNorm, optimizer, per-level blocks) for as long as the fields stay as set."""
         values = PRESETS.get(name)
         if values is None:
             return
-        fields = {"depth": self.depth, "width": self.width, "iterations": self.iterations,
-                  "patch": self.patch, "batch": self.batch}
-        for key, value in values.items():
-            fields[key].blockSignals(True)
-            fields[key].setValue(value)
-            fields[key].blockSignals(False)
+        names = {v: k for k, v in ARCHS.items()}
+        for key, field in self._fields().items():
+            field.blockSignals(True)
+            value = values[key]
+            if key == "arch":
+                field.setCurrentText(names[value])
+            elif isinstance(field, QComboBox):
+                field.setCurrentText(str(value))
+            else:
+                field.setValue(value)
+            field.blockSignals(False)
+        self._hidden = {k: values[k] for k in _HIDDEN if k in values}
 
     def _edited(self, *args: object) -> None:
         values = PRESETS.get(self.preset.currentText())
-        current = {"depth": self.depth.value(), "width": self.width.value(),
-                   "iterations": self.iterations.value(), "patch": self.patch.value(),
-                   "batch": self.batch.value()}
-        if values is not None and values != current:
+        if values is not None and {k: values[k] for k in _SHOWN} != self._values():
+            self._hidden = {}
             self.preset.blockSignals(True)
             self.preset.setCurrentText(CUSTOM)
             self.preset.blockSignals(False)
@@ -170,9 +220,17 @@ class TrainForm(QWidget):
 
     def model_config(self, classes: int, in_channels: int = 1) -> ModelConfig:
         """The architecture; raises ValueError/TypeError on bad values."""
+        arch = ARCHS[self.arch.currentText()]
+        residual = {}
+        if arch == "resunet":
+            residual = {"block": self.block.currentText(),
+                        "blocks_per_level": self._hidden.get("blocks_per_level",
+                                                             self.blocks.value())}
+        extra = {k: self._hidden[k] for k in ("padding", "batchnorm") if k in self._hidden}
         return ModelConfig(
-            arch=ARCHS[self.arch.currentText()], depth=self.depth.value(),
-            width=self.width.value(), classes=classes, in_channels=in_channels,
+            arch=arch, depth=self.depth.value(), width=self.width.value(), classes=classes,
+            in_channels=in_channels, dropout=0.0 if arch == "unetpp" else round(
+                float(self.dropout.value()), 4), **residual, **extra,
         )
 
     def train_config(self) -> TrainConfig:
@@ -183,4 +241,5 @@ class TrainForm(QWidget):
             patch_size=self.patch.value(), lr=float(self.lr.value()),
             loss=self.loss.currentText(), device=self.device.currentText(),
             augment=AugmentConfig() if self.augment.isChecked() else AugmentConfig.off(),
+            **({"optimizer": self._hidden["optimizer"]} if "optimizer" in self._hidden else {}),
         )

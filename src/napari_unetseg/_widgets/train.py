@@ -40,6 +40,7 @@ from ._paint_next import PaintNextPanel
 from ._plot import LinePlot
 from ._registry import store_for
 from ._train_form import LABELS_MODES, TrainForm
+from ._weights import weight_settings_for
 from ._worker import Job
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class TrainWidget(QWidget):
         self.image_picker = LayerPicker(napari_viewer, Image, exclude_marked=True)
         self.labels_picker = LayerPicker(napari_viewer, Labels, follow_active=True)
         self.form = TrainForm()
+        self.weights = weight_settings_for(napari_viewer)  # set in the Weight map preview
         self.train_button, self.cancel_button = QPushButton("Train"), QPushButton("Stop")
         self.cancel_button.setToolTip("stop after the current step and keep the best model")
         self.save_button, self.load_button = QPushButton("Save model…"), QPushButton("Load model…")
@@ -96,6 +98,9 @@ class TrainWidget(QWidget):
         self.load_button.clicked.connect(self.load_model)
         self.export_button.clicked.connect(self.export_bioimageio)
         self.subscriptions.connect(self.viewer.dims.events.current_step, self._track_slice)
+        self.subscriptions.connect(self.weights.changed, self._weights_changed)
+        self._weights_changed()
+        self.form.labels_mode.currentTextChanged.connect(self._mode_changed)
         self._set_running(False)
 
     def _layout(self) -> None:
@@ -123,6 +128,18 @@ class TrainWidget(QWidget):
         self.train_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
         self.load_button.setEnabled(not running)
+
+    def _mode_changed(self, *args: Any) -> None:
+        self.weights.update(labels_mode=self.form.mode())
+
+    def _weights_changed(self) -> None:
+        """The shared labels mode (the preview may set it) shown in the form."""
+        names = {v: k for k, v in LABELS_MODES.items()}
+        self.form.labels_mode.blockSignals(True)
+        self.form.labels_mode.setCurrentText(names[self.weights.labels_mode])
+        self.form.labels_mode.blockSignals(False)
+        self.form.loss.setToolTip(f"wce / bce_dice use the {self.weights.describe()} "
+                                  "(set in the Weight map preview)")
 
     def _track_slice(self, event: Any = None) -> None:
         layer = self._source
@@ -201,7 +218,7 @@ class TrainWidget(QWidget):
             init = self._init()
             model_cfg = (self.form.model_config(classes) if init is None
                          else config_for(init, classes))
-            train_cfg = self.form.train_config()
+            train_cfg = self.weights.apply(self.form.train_config())
         except (ValueError, TypeError, OSError) as e:
             _common.error(f"Train: {e}", self)
             return None
