@@ -133,7 +133,12 @@ def test_instances_mode_passes_weight_map(cells, monkeypatch):
     seen.clear()
     dense = (inst > 0).astype(np.uint8)
     fit(image, dense, TINY, dataclasses.replace(FAST, iterations=1), labels_mode="dense")
-    assert seen[0][2] is None
+    weight = seen[0][2]  # issue 11: dense labels get the border term between their cells
+    assert weight is not None and weight.shape == seen[0][1].shape and weight.max() > 2
+    seen.clear()
+    fit(image, dense, TINY, dataclasses.replace(FAST, iterations=1, loss="ce"),
+        labels_mode="dense")
+    assert seen[0][2] is None  # a loss that ignores weights gets none
     seen.clear()
     pp = ModelConfig(arch="unetpp", depth=2, width=4)
     fit(image, inst, pp, dataclasses.replace(FAST, iterations=1), labels_mode="instances")
