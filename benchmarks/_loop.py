@@ -104,11 +104,13 @@ class Run:
 
 
 def snapshots(gen: Any, marks: Iterable[float], clock: Callable[[], float],
-              t_click: float, offset: float = 0.0, ema: float = 0.0) -> Run:
+              t_click: float, offset: float = 0.0, ema: float = 0.0,
+              hook: Callable[[Any, Any], None] | None = None) -> Run:
     """Drain a :class:`~napari_unetseg.training.TrainRun`, copying its model at each mark
     (seconds of training by its events' ``elapsed_s``, plus ``offset`` seconds spent before
     the run, e.g. on a teacher); the copies are scored afterwards. ``ema``: snapshot an
-    exponential moving average of the weights (this decay per step) instead."""
+    exponential moving average of the weights (this decay per step) instead. ``hook(event,
+    run)`` is called after every event (its time counts)."""
     todo = sorted(marks)
     run = Run(prep_s=clock() - t_click)
     avg = None
@@ -118,6 +120,8 @@ def snapshots(gen: Any, marks: Iterable[float], clock: Callable[[], float],
             run.steps = ev.step
             if ema:
                 avg = _ema(avg, gen.model, ema)
+            if hook is not None:
+                hook(ev, gen)
             while todo and ev.elapsed_s + offset >= todo[0]:
                 model = _copy(gen.model)
                 if avg is not None:
@@ -163,7 +167,7 @@ def probability(snap: Snapshot, image: np.ndarray, value: int = 1,
 # ----------------------------------------------------------------------------- scores
 def membrane_scores(prob: np.ndarray, gt: np.ndarray, membrane_value: int = 0) -> dict:
     s = metrics.isbi_scores(np.clip(prob, 0, 1), gt == membrane_value)
-    return {"v_rand": round(s["v_rand"], 4), "v_info": round(s["v_info"], 4)}
+    return {k: round(s[k], 4) for k in ("v_rand", "v_info", "v_rand_split", "v_rand_merge")}
 
 
 def object_scores(prob: np.ndarray, objects: np.ndarray) -> dict:

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from _loop import Run, rf_features, rf_fit, snapshots
+from _loop import Run, _copy, rf_features, rf_fit, snapshots
 
 from napari_unetseg import ModelConfig
 from napari_unetseg.training import TrainConfig, train
@@ -23,7 +23,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 #: recipe settings that are not ModelConfig / TrainConfig fields
 _EXTRA = {"teacher": None, "teacher_slices": 4, "teacher_conf": 0.8, "pretrain_s": 0,
-          "pretrain_patch": 96, "pretrain_batch": 8, "pretrain_lr": 2e-3, "ema": 0.0}
+          "pretrain_patch": 96, "pretrain_batch": 8, "pretrain_lr": 2e-3, "ema": 0.0,
+          "self_train_at": (), "self_train_slices": 6, "self_train_conf": 0.9}
 _MODEL = {f.name for f in dataclasses.fields(ModelConfig)}
 _TRAIN = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -61,7 +62,8 @@ def deep_run(task: dict, recipe: str, overrides: list[str], marks: list[float], 
     tc = TrainConfig(**{"iterations": 10_000_000, "device": "cpu", "log_every": 1,
                         "seed": seed, "time_budget_s": max(marks) - offset, **train_kw})
     gen = train(image, labels, mc, tc, clock=clock, resume=resume)
-    run = snapshots(gen, marks, clock, t0, offset, ema=s["ema"])
+    hook = _self_training(image, labels, s) if s["self_train_at"] else None
+    run = snapshots(gen, marks, clock, t0, offset, ema=s["ema"], hook=hook)
     run.settings = {**s, **pre}
     return run
 
@@ -80,22 +82,58 @@ def _pretrain(task: dict, mc: ModelConfig, s: dict, clock, seed: int):
                             "pretrain_slices": len(stack)}
 
 
-def rf_pseudo_labels(image, strokes, n_slices: int, conf: float, seed: int):
-    """Strokes plus the random forest's confident predictions on ``n_slices`` slices (the
-    painted ones first, then evenly spread others) as sparse labels."""
+def _pick(strokes: np.ndarray, n_slices: int) -> list[int]:
+    """The painted slices, then evenly spread others, ``n_slices`` in all."""
     painted = [int(z) for z in np.flatnonzero(strokes.reshape(len(strokes), -1).any(1))]
-    others = [z for z in range(len(image)) if z not in painted]
-    extra = max(0, n_slices - len(painted))
-    pick = painted + [others[i] for i in np.linspace(0, len(others) - 1, extra).astype(int)
-                      ] if extra and others else painted
+    others = [z for z in range(len(strokes)) if z not in painted]
+    extra = min(len(others), max(0, n_slices - len(painted)))
+    return painted + [others[i] for i in np.linspace(0, len(others) - 1, extra).astype(int)
+                      ] if extra else painted
+
+
+def _confident(prob: np.ndarray, values: list[int], conf: float, strokes: np.ndarray
+               ) -> np.ndarray:
+    """Sparse labels: the class of pixels predicted with ``prob.max() >= conf``, strokes on
+    top. ``prob`` is (K, Y, X)."""
+    out = np.zeros(strokes.shape, np.uint8)
+    sure = prob.max(0) >= conf
+    out[sure] = np.asarray(values, np.uint8)[prob.argmax(0)[sure]]
+    out[strokes > 0] = strokes[strokes > 0]
+    return out
+
+
+def rf_pseudo_labels(image, strokes, n_slices: int, conf: float, seed: int):
+    """Strokes plus the random forest's confident predictions on ``n_slices`` slices."""
     rf = rf_fit(image, strokes, seed=seed)
-    values = list(rf.classes_)
-    out = np.zeros((len(pick), *image.shape[1:]), np.uint8)
-    for i, z in enumerate(pick):
+    out = strokes.copy()
+    for z in _pick(strokes, n_slices):
         f = rf_features(image[z])
-        p = rf.predict_proba(f.reshape(-1, f.shape[-1])).reshape(*image.shape[1:], -1)
-        best = p.argmax(-1)
-        sure = p.max(-1) >= conf
-        out[i][sure] = np.asarray(values, np.uint8)[best[sure]]
-        out[i][strokes[z] > 0] = strokes[z][strokes[z] > 0]
-    return image[pick], out
+        p = rf.predict_proba(f.reshape(-1, f.shape[-1])).T.reshape(-1, *image.shape[1:])
+        out[z] = _confident(p, list(rf.classes_), conf, strokes[z])
+    return image, out
+
+
+def _self_training(image, strokes, s: dict):
+    """A hook that, at each of ``self_train_at`` seconds, labels the run's confident
+    predictions on ``self_train_slices`` slices and trains on them with the strokes."""
+    from napari_unetseg.inference import InferenceConfig, predict
+
+    todo = sorted(s["self_train_at"]) if isinstance(s["self_train_at"], (tuple, list)) else [
+        s["self_train_at"]]
+    pick = _pick(strokes, s["self_train_slices"])
+
+    def hook(ev, gen) -> None:
+        if not todo or ev.elapsed_s < todo[0]:
+            return
+        todo.pop(0)
+        model = _copy(gen.model)
+        res = predict(model, image[pick], normalization=gen.normalization,
+                      config=InferenceConfig(device="cpu"))
+        values = list(gen.class_values)
+        labels = strokes.copy()
+        for i, z in enumerate(pick):
+            labels[z] = _confident(np.asarray(res.probabilities[i]), values,
+                                   s["self_train_conf"], strokes[z])
+        gen.update_labels(labels)
+
+    return hook

@@ -130,6 +130,10 @@ def deep(task: dict, args, clock, marks: list[float]) -> dict:
             one = clock()
             probability(snap, task["test"][:1], v)
             preview = run.prep_s + snap.at_s + (clock() - one)
+        if args.save:
+            args.save.mkdir(parents=True, exist_ok=True)
+            np.save(args.save / f"{task['name'].replace('/', '_')}_{snap.at_s:g}s.npy",
+                    prob[:1].astype(np.float16))
         row = {"at_s": snap.at_s, "step": snap.step, **_score(task, {v: prob}),
                "score_s": round(clock() - t0, 1)}
         rows.append(row)
@@ -189,6 +193,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--data", type=Path)
+    p.add_argument("--save", type=Path, help="save the first scored slice's probability here")
     p.add_argument("--json", help="write the JSON record here too")
     args = p.parse_args()
     if args.threads:
@@ -205,7 +210,7 @@ def main() -> None:
     for name in args.tasks.split(","):
         task = {**task_data(name, args), "name": name}
         painted = float((task["strokes"][list(args.slices)] > 0).mean())
-        rf = random_forest(task, clock, args.seed)
+        rf = {} if args.dense else random_forest(task, clock, args.seed)
         print(f"{name:9s} random forest {rf}", flush=True)
         marks = ([float(m) for m in args.marks.split(",")] if name == "isbi"
                  else [args.task_s])
