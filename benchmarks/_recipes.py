@@ -24,7 +24,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 #: recipe settings that are not ModelConfig / TrainConfig fields
 _EXTRA = {"teacher": None, "teacher_slices": 4, "teacher_conf": 0.8, "pretrain_s": 0,
           "pretrain_patch": 96, "pretrain_batch": 8, "pretrain_lr": 2e-3, "ema": 0.0,
-          "self_train_at": (), "self_train_slices": 6, "self_train_conf": 0.9}
+          "self_train_at": (), "self_train_slices": 6, "self_train_conf": 0.9,
+          "self_train_pool": 0, "self_train_tta": False}
 _MODEL = {f.name for f in dataclasses.fields(ModelConfig)}
 _TRAIN = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -62,7 +63,7 @@ def deep_run(task: dict, recipe: str, overrides: list[str], marks: list[float], 
     tc = TrainConfig(**{"iterations": 10_000_000, "device": "cpu", "log_every": 1,
                         "seed": seed, "time_budget_s": max(marks) - offset, **train_kw})
     gen = train(image, labels, mc, tc, clock=clock, resume=resume)
-    hook = _self_training(image, labels, s) if s["self_train_at"] else None
+    hook = _self_training(image, task["strokes"], s) if s["self_train_at"] else None
     run = snapshots(gen, marks, clock, t0, offset, ema=s["ema"], hook=hook)
     run.settings = {**s, **pre}
     return run
@@ -120,17 +121,25 @@ def _self_training(image, strokes, s: dict):
 
     todo = sorted(s["self_train_at"]) if isinstance(s["self_train_at"], (tuple, list)) else [
         s["self_train_at"]]
-    pick = _pick(strokes, s["self_train_slices"])
+    k = s["self_train_slices"]
+    pool = _pick(strokes, max(k, s["self_train_pool"]))
+    painted = [z for z in pool if strokes[z].any()]
+    others = [z for z in pool if z not in painted]
+    labels = strokes.copy()
+    turn = [0]
 
     def hook(ev, gen) -> None:
         if not todo or ev.elapsed_s < todo[0]:
             return
         todo.pop(0)
+        n = max(0, k - len(painted))  # the painted slices, then the next others in turn
+        rest = [others[(turn[0] + i) % len(others)] for i in range(min(n, len(others)))]
+        turn[0] += n
+        pick = painted + rest
         model = _copy(gen.model)
         res = predict(model, image[pick], normalization=gen.normalization,
-                      config=InferenceConfig(device="cpu"))
+                      config=InferenceConfig(device="cpu", tta=s["self_train_tta"]))
         values = list(gen.class_values)
-        labels = strokes.copy()
         for i, z in enumerate(pick):
             labels[z] = _confident(np.asarray(res.probabilities[i]), values,
                                    s["self_train_conf"], strokes[z])

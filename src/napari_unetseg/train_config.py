@@ -28,6 +28,8 @@ _NUMBERS = {  # name: (lo, hi, integer)
     "log_every": (1, 100_000, True), "seed": (0, 2**63 - 1, True),
     "w0": (0.0, 1e3, False), "sigma": (1e-3, 1e3, False),
     "patience": (0, 10_000_000, True), "consistency": (0.0, 1e3, False),
+    "self_training_s": (0.0, 1e7, False), "pseudo_slices": (1, 100_000, True),
+    "pseudo_confidence": (0.5, 1.0, False),
 }
 
 
@@ -81,6 +83,11 @@ class TrainConfig:
         Training from an ``init`` model with the same classes: weight of the KL term that
         keeps the predictions on unlabelled pixels close to the starting model's
         (:func:`napari_unetseg.losses.consistency_loss`); 0: off.
+    self_training_s, pseudo_slices, pseudo_confidence
+        Self-training (:mod:`napari_unetseg.selftrain`): every ``self_training_s`` seconds
+        of training (0: off), ``pseudo_slices`` slices are predicted and their pixels of
+        class probability >= ``pseudo_confidence`` become training targets where nothing is
+        painted.
     """
 
     iterations: int = 2000
@@ -107,6 +114,9 @@ class TrainConfig:
     patience: int = 0
     consistency: float = 0.0
     class_balance: bool = True
+    self_training_s: float = 0.0
+    pseudo_slices: int = 6
+    pseudo_confidence: float = 0.9
 
     def __post_init__(self) -> None:
         for name in ("val_slices", "ds_weights"):  # accept lists (e.g. from JSON)

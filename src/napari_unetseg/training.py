@@ -48,6 +48,7 @@ from .live import LabelsInbox
 from .models.unetpp import mean_probability_logits
 from .normalize import Normalization
 from .sampler import PatchSampler
+from .selftrain import PseudoLabels
 from .train_config import TrainConfig, TrainEvent, TrainResult
 
 __all__ = [
@@ -87,6 +88,7 @@ class _Setup:
     warm: bool = False  # starts from given weights (resume or init): validate them first
     init: dict[str, Any] | None = None  # metadata of the init: name, fresh tensors, ...
     teacher: torch.nn.Module | None = None  # frozen starting model (consistency term)
+    pseudo: PseudoLabels | None = None  # self-training rounds (cfg.self_training_s)
     best: dict[str, Any] = field(default_factory=lambda: {"dice": -1.0, "step": 0,
                                                           "state": None})
 
@@ -537,6 +539,9 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     best = s.best
     if s.init is not None:
         _start_from_init(s)
+    if cfg.self_training_s > 0:
+        s.pseudo = PseudoLabels(cfg.self_training_s, cfg.pseudo_slices, cfg.pseudo_confidence)
+        s.data = s.pseudo.apply(s.data)
 
     def keep_if_best(val: tuple[float, float], step: int) -> bool:
         if not (val[1] > best["dice"] and math.isfinite(val[0])):
@@ -557,13 +562,22 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     while step < cfg.iterations and not (stopped or timeout or early):
         stopped = s.stop is not None and bool(s.stop())
         if not stopped and s.inbox.waiting and _relabel(s):  # new strokes: sample from them
+            if s.pseudo is not None:
+                s.data = s.pseudo.apply(s.data)
             positions = sampler.generator  # the random stream goes on
             sampler, val_batches = _samplers(s)
             sampler.generator = positions
             best.update(dice=-1.0, step=step, state=None)
             stale = 0
-        if budget is not None:
+        if budget is not None or s.pseudo is not None:
             used = (time.perf_counter() if s.clock is None else s.clock()) - c0
+        if not stopped and s.pseudo is not None and step and s.pseudo.due(used):
+            s.data = s.pseudo.update(model, s.device, used)  # the time it takes counts
+            positions = sampler.generator
+            sampler, _ = _samplers(s)
+            sampler.generator = positions
+            model.train()
+        if budget is not None:
             timeout = step > 0 and used >= budget
         if not (stopped or timeout):
             step += 1
@@ -596,6 +610,7 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
             t_flush = time.perf_counter()
     result = _result(s, history, best, step, seen, time.perf_counter() - t0, stopped, timeout)
     result.metadata["early_stopped"] = early
+    result.metadata["pseudo_rounds"] = 0 if s.pseudo is None else s.pseudo.rounds
     if "start_dice" in best:
         result.metadata["start_val_dice"] = best["start_dice"]
     return result

@@ -1,0 +1,100 @@
+"""Self-training on the stack's unpainted pixels: the network's own confident predictions.
+
+Strokes label about 2 % of a slice or two, and a network fitted to them alone starts to
+overfit them after a few hundred steps. Every ``self_training_s`` seconds of training
+(:class:`~napari_unetseg.training.TrainConfig`), :class:`PseudoLabels` predicts a few slices of
+the stack with the network being trained (the painted slices, then the others in turn) and
+keeps, as extra training targets, the pixels it predicts with a probability of at least
+``pseudo_confidence`` (classic self-training, e.g. Lee 2013 "Pseudo-Label"; here the labels are
+renewed each round, so early mistakes are not frozen). The user's strokes always win: pseudo
+labels only fill pixels that are neither training nor validation strokes, and are never used
+for validation. Measured in ``benchmarks/scribbles.py`` (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import IGNORE, TrainingData
+
+__all__ = ["PseudoLabels"]
+
+
+def _identity(x: Any) -> np.ndarray:
+    return np.asarray(x, np.float32)
+
+
+class PseudoLabels:
+    """Rounds of pseudo labels for one training run.
+
+    Parameters
+    ----------
+    every_s : float
+        Seconds of training between rounds (the first comes after ``every_s``).
+    slices : int
+        Slices predicted per round: the painted ones first, then the others in turn.
+    confidence : float
+        Smallest class probability that makes a pixel a pseudo label.
+    """
+
+    def __init__(self, every_s: float, slices: int, confidence: float) -> None:
+        self.every_s, self.slices, self.confidence = every_s, slices, confidence
+        self.next_s = every_s
+        self.rounds = 0
+        self._turn = 0
+        self.targets: dict[int, np.ndarray] = {}  # slice -> (H, W) int16 class or IGNORE
+        self.base: TrainingData | None = None  # the data with the user's strokes only
+
+    def due(self, elapsed_s: float) -> bool:
+        return elapsed_s >= self.next_s
+
+    def pick(self, data: TrainingData) -> list[int]:
+        """The slices of this round: the painted ones, then the next others in turn."""
+        painted = sorted({*data.train_slices, *data.val_slices})
+        others = [z for z in range(len(data.image)) if z not in painted]
+        n = min(len(others), max(0, self.slices - len(painted)))
+        rest = [others[(self._turn + i) % len(others)] for i in range(n)]
+        self._turn += n
+        return painted[: max(self.slices, 1)] + rest
+
+    def update(self, model: torch.nn.Module, device: torch.device, elapsed_s: float
+               ) -> TrainingData:
+        """Predict this round's slices with ``model`` (untouched: a folded copy runs) and
+        return the last :meth:`apply` 's data with the pseudo labels of every round so far."""
+        from .inference import InferenceConfig, predict
+
+        data = self.base
+        if data is None:
+            raise RuntimeError("PseudoLabels.apply(data) must come before update()")
+        self.next_s = elapsed_s + self.every_s
+        self.rounds += 1
+        pick = self.pick(data)
+        image = data.image[pick]
+        channels = image.shape[1]
+        res = predict(model, image[:, 0] if channels == 1 else image,
+                      channel_axis=None if channels == 1 else 1, normalization=_identity,
+                      config=InferenceConfig(device=str(device)))
+        probs = np.asarray(res.probabilities, np.float32)
+        for i, z in enumerate(pick):
+            sure = probs[i].max(0) >= self.confidence
+            self.targets[z] = np.where(sure, probs[i].argmax(0), IGNORE).astype(np.int16)
+        return self.apply(data)
+
+    def apply(self, data: TrainingData) -> TrainingData:
+        """``data`` (with the user's strokes only: it is kept for the next rounds) with the
+        pseudo labels filling the pixels that carry no stroke."""
+        self.base = data
+        if not self.targets:
+            return data
+        train = data.train_target.copy()
+        for z, target in self.targets.items():
+            free = train[z] == IGNORE
+            if data.val_target is not None:
+                free &= data.val_target[z] == IGNORE
+            train[z][free] = target[free]
+        slices = tuple(i for i in range(len(train)) if (train[i] >= 0).any())
+        return replace(data, train_target=train, train_slices=slices)

@@ -1,0 +1,86 @@
+"""Self-training: rounds on time, slices in turn, pseudo labels only where nothing is painted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unetseg.augment import AugmentConfig
+from napari_unetseg.config import ModelConfig
+from napari_unetseg.data import IGNORE, prepare_data
+from napari_unetseg.models import build_model
+from napari_unetseg.selftrain import PseudoLabels
+from napari_unetseg.strokes import membrane_strokes
+from napari_unetseg.synthetic import membrane_labels, touching_cells
+from napari_unetseg.training import TrainConfig, fit
+
+TINY = ModelConfig(depth=2, width=4)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    image, inst = touching_cells((4, 48, 48), 8, seed=0)
+    strokes = membrane_strokes(membrane_labels(inst), slices=(0,), n_strokes=8, length=10)
+    return image, strokes
+
+
+def test_pick_takes_painted_slices_then_the_others_in_turn(stack):
+    image, strokes = stack
+    data = prepare_data(image, strokes, val_fraction=0)
+    p = PseudoLabels(10.0, 2, 0.9)
+    assert [p.pick(data) for _ in range(4)] == [[0, 1], [0, 2], [0, 3], [0, 1]]
+
+
+def test_pseudo_labels_fill_only_unpainted_pixels_and_follow_confidence(stack):
+    image, strokes = stack
+    data = prepare_data(image, strokes, val_fraction=0)
+    model = build_model(TINY)
+    p = PseudoLabels(10.0, 2, 0.5)  # two classes: every pixel has a class at >= 0.5
+    p.apply(data)
+    out = p.update(model, torch.device("cpu"), 12.0)
+    assert p.rounds == 1 and p.next_s == 22.0 and not p.due(21.9) and p.due(22.0)
+    painted = data.train_target >= 0
+    assert np.array_equal(out.train_target[painted], data.train_target[painted])
+    assert (out.train_target[:2] >= 0).all()  # slices 0 and 1 fully labelled
+    assert (out.train_target[2:] == IGNORE).all() and out.train_slices == (0, 1)
+    sure = PseudoLabels(10.0, 2, 1.0)  # nothing is that certain
+    sure.apply(data)
+    assert np.array_equal(sure.update(model, torch.device("cpu"), 0.0).train_target,
+                          data.train_target)
+
+
+def test_pseudo_labels_never_cover_validation_strokes(stack):
+    image, strokes = stack
+    data = prepare_data(image, strokes, val_fraction=0.3, seed=1)
+    assert data.val_target is not None and (data.val_target >= 0).any()
+    p = PseudoLabels(1.0, 1, 0.5)
+    p.apply(data)
+    out = p.update(build_model(TINY), torch.device("cpu"), 0.0)
+    held = data.val_target >= 0
+    assert (out.train_target[held] == IGNORE).all()
+    assert np.array_equal(out.val_target, data.val_target)
+
+
+def test_training_runs_rounds_on_its_clock(stack):
+    image, strokes = stack
+    n = [0]
+
+    def stop() -> bool:  # one fake second per loop turn
+        n[0] += 1
+        return False
+
+    cfg = TrainConfig(iterations=9, batch_size=2, patch_size=32, device="cpu", val_fraction=0,
+                      augment=AugmentConfig.off(), self_training_s=3.0, pseudo_slices=2)
+    res = fit(image, strokes, TINY, cfg, stop=stop, clock=lambda: float(n[0]))
+    assert res.metadata["pseudo_rounds"] == 3  # at 3, 6 and 9 s
+    off = fit(image, strokes, TINY, TrainConfig(**{**cfg.to_dict(), "self_training_s": 0.0,
+                                                   "augment": AugmentConfig.off()}))
+    assert off.metadata["pseudo_rounds"] == 0
+
+
+def test_config_bounds():
+    with pytest.raises(ValueError, match="pseudo_confidence"):
+        TrainConfig(pseudo_confidence=0.3)
+    with pytest.raises(ValueError, match="self_training_s"):
+        TrainConfig(self_training_s=-1.0)
