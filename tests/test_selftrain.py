@@ -50,6 +50,20 @@ def test_pseudo_labels_fill_only_unpainted_pixels_and_follow_confidence(stack):
                           data.train_target)
 
 
+def test_pseudo_labels_count_in_a_weighted_loss(stack):
+    image, strokes = stack
+    data = prepare_data(image, strokes, val_fraction=0, weights=True)
+    assert data.weight is not None and (data.weight[data.train_target == IGNORE] == 0).all()
+    p = PseudoLabels(10.0, 2, 0.5)
+    p.apply(data)
+    out = p.update(build_model(TINY), torch.device("cpu"), 0.0)
+    pseudo = (out.train_target >= 0) & (data.train_target == IGNORE)
+    assert pseudo.any() and (out.weight[pseudo] == 1.0).all()
+    painted = data.train_target >= 0
+    assert np.array_equal(out.weight[painted], data.weight[painted])
+    assert (out.weight[out.train_target == IGNORE] == 0).all()
+
+
 def test_pseudo_labels_never_cover_validation_strokes(stack):
     image, strokes = stack
     data = prepare_data(image, strokes, val_fraction=0.3, seed=1)

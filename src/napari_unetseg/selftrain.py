@@ -86,15 +86,19 @@ class PseudoLabels:
 
     def apply(self, data: TrainingData) -> TrainingData:
         """``data`` (with the user's strokes only: it is kept for the next rounds) with the
-        pseudo labels filling the pixels that carry no stroke."""
+        pseudo labels filling the pixels that carry no stroke; with a weight map (a weighted
+        loss) a pseudo label weighs 1, the mean weight of the strokes."""
         self.base = data
         if not self.targets:
             return data
         train = data.train_target.copy()
+        weight = None if data.weight is None else data.weight.copy()
         for z, target in self.targets.items():
             free = train[z] == IGNORE
             if data.val_target is not None:
                 free &= data.val_target[z] == IGNORE
             train[z][free] = target[free]
+            if weight is not None:  # the strokes keep theirs (mean 1); a pseudo label: 1
+                weight[z][free & (target != IGNORE)] = 1.0
         slices = tuple(i for i in range(len(train)) if (train[i] >= 0).any())
-        return replace(data, train_target=train, train_slices=slices)
+        return replace(data, train_target=train, weight=weight, train_slices=slices)
