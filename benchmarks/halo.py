@@ -38,8 +38,10 @@ SCHEMES = {  # name: InferenceConfig fields
     "tile 256, halo 48": {"tile": 256, "halo": 48},
     "tile 256, halo 64": {"tile": 256, "halo": 64},
     "tile 1024, halo 32": {"tile": 1024, "halo": 32},
-    "tile 1024, halo 48 (CUDA default)": {"tile": 1024, "halo": 48},
-    "tile 384, overlap 0.125, no halo (CPU default)": {"tile": 384, "halo": 0, "overlap": 0.125},
+    "tile 768, halo 80 (default on every device)": {"tile": 768, "halo": 80},
+    "tile 1024, halo 48 (old CUDA default)": {"tile": 1024, "halo": 48},
+    "tile 384, overlap 0.125, no halo (old CPU default)":
+        {"tile": 384, "halo": 0, "overlap": 0.125},
 }
 
 

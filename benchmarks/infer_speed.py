@@ -4,8 +4,8 @@ Every method segments the same **uint8** inputs held in host memory into **uint8
 host memory, with the same network and weights, so the ratios are like for like:
 
 * ``tiler``: :func:`napari_unetseg.inference.predict` with every lever on and "auto"
-  tiling (CUDA: up to 1024-px tiles with a 48-px halo that is computed and cropped; CPU:
-  384-px tiles with a 1/8 cosine-blended overlap), BatchNorm folded, channels_last, the uint8
+  tiling (up to 1024-px tiles on CUDA, 768 on a CPU, with an 80-px halo that is computed and
+  cropped: seamless), BatchNorm folded, channels_last, the uint8
   image normalised on the device, labels computed on the device;
 * ``tiler-monai-tiles``: the same engine with MONAI's tiling (tile 512, overlap 0.25, no
   halo, Gaussian blend): the *plain tiled result* the other rows' labels are checked against;

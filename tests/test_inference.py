@@ -425,24 +425,44 @@ def test_halo_tiles_equal_one_pass_over_the_mirror_padded_image(arch):
     assert np.abs(small.probabilities - ref).max() > 1e-5  # the 32-px halo: ~1e-7
 
 
+def test_default_tiling_is_seamless():
+    """Issue 11: the default tiling gives the same output whatever the tile size, with the
+    image border mirror-padded as in the paper (a depth-2 U-Net's 20-px receptive field is
+    inside the auto halo, so it is exact); the old default (no halo, blended) is not."""
+    model, img = _model(), _img((1, 100, 84), seed=4)
+    small = predict(model, img[0], normalization=IDENTITY,
+                    config=InferenceConfig(tile=64, **CPU))
+    large = predict(model, img[0], normalization=IDENTITY,
+                    config=InferenceConfig(tile=128, **CPU))
+    np.testing.assert_allclose(small.probabilities, large.probabilities, atol=1e-5)
+    # 2e-6: the old CUDA default's 12-px halo leaves 5e-6 on this random network, 20 px 6e-8
+    np.testing.assert_allclose(large.probabilities, _mirror_untiled(model, img, 20), atol=2e-6)
+    blended = [predict(model, img[0], normalization=IDENTITY, config=InferenceConfig(
+        tile=t, halo=0, overlap=0.125, **CPU)).probabilities for t in (64, 128)]
+    assert np.abs(blended[0] - blended[1]).max() > 1e-3
+
+
 def test_auto_tiling_per_device_and_balanced_tiles():
     model = build_model(ModelConfig(depth=4, width=2, classes=2))
     cfg, cuda = model.config, torch.device("cuda")  # resolving settings needs no GPU
-    geo = tile_geometry(model, cfg, (512, 512), cuda)  # CUDA: big tiles with a halo
-    assert geo.tile == (608, 608) and (geo.halo, geo.margin, geo.overlap) == (48, 48, 0.0)
+    geo = tile_geometry(model, cfg, (512, 512), cuda)  # a 512 slice: one tile with the halo
+    assert geo.tile == (672, 672) and (geo.halo, geo.margin, geo.overlap) == (80, 80, 0.0)
     geo = tile_geometry(model, cfg, (2048, 1500), cuda)
     plan = plan_tiles((2048, 1500), geo.tile, overlap=0.0, margin=geo.margin, align=16)
     assert (len(plan.ys), len(plan.xs)) == (3, 2) and max(geo.tile) <= 1024
     covered = [n * (t - 2 * geo.margin) for n, t in zip((3, 2), geo.tile, strict=True)]
     assert covered[0] - 2048 < 3 * 16 and covered[1] - 1500 < 2 * 16  # little waste
-    # CPU: 384-pixel tiles, no halo, a blended 1/8 overlap (balanced: 2 x 288 for 512)
+    # CPU too: seamless by default, the same 80-px halo (tiles up to 768 px)
     job = _prepare(model, np.zeros((512, 512), np.uint8), InferenceConfig(**CPU), None, None)
+    assert job.plan.tile == (672, 672) and job.halo == 80 and job.plan.overlap == (0, 0)
+    assert tile_geometry(model, cfg, (2048, 2048), torch.device("cpu")).tile[0] <= 768
+    # the blended alternative stays: no halo, a 1/8 overlap
+    job = _prepare(model, np.zeros((512, 512)), InferenceConfig(halo=0, tile=384, **CPU),
+                   None, None)
     assert job.plan.tile == (288, 288) and job.halo == 0 and job.plan.overlap == (36, 36)
-    job = _prepare(model, np.zeros((512, 512)), InferenceConfig(halo=32, **CPU), None, None)
-    assert job.plan.tile == (320, 320) and job.halo == 32 and job.plan.overlap == (0, 0)
-    assert tile_geometry(_model(), _model().config, (64, 64), cuda).halo == 12  # depth 2
-    # auto halo is at most a quarter of the tile
-    assert tile_geometry(_model(), _model().config, (64, 64), cuda, tile=32).halo == 8
+    assert tile_geometry(_model(), _model().config, (64, 64), cuda).halo == 20  # depth 2
+    # on a small tile the auto halo leaves a quarter of it as output
+    assert tile_geometry(_model(), _model().config, (64, 64), cuda, tile=32).halo == 12
     with pytest.raises(ValueError, match="halo"):
         _prepare(_model(padding="valid"), np.zeros((64, 64)), InferenceConfig(halo=8), None, None)
     with pytest.raises(ValueError, match="tile"):

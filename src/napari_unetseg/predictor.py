@@ -39,12 +39,14 @@ __all__ = [
     "tile_geometry",
 ]
 
-#: ``halo="auto"`` on CUDA for a ``same``-padded network of depth d is
-#: ``AUTO_HALO_UNITS * 2**d`` pixels: half the receptive-field radius of a U-Net of that
-#: depth (``6 * 2**d - 4``), 48 px at depth 4. On ISBI 2012 a trained depth-4 U-Net tiled
-#: with a 48-px halo gives the same V_Rand / V_Info as one pass over the whole slice; 16 or
-#: 32 px leave seams that cost V_Rand 0.01-0.02 (benchmarks/halo.py, docs/performance.md).
-AUTO_HALO_UNITS = 3
+#: ``halo="auto"`` for a ``same``-padded network of depth d is ``AUTO_HALO_UNITS * 2**d``
+#: pixels on every device: 80 px at depth 4, most of a U-Net's receptive-field radius
+#: (``6 * 2**d - 4``, 92 px). With it the tile size does not change the labels: the bundled
+#: depth-4 U-Net labels ISBI 2012 slices 25-29 the same at ``tile=256`` and ``tile=512`` on
+#: 99.9995 % of the pixels (48 px: 99.93 %, 64 px: 99.989 %, the old blended default
+#: 99.65 %; benchmarks/seamless.py, docs/performance.md), and the image border is
+#: mirror-padded by it, as in the paper.
+AUTO_HALO_UNITS = 5
 _CPU_BATCH, _MAX_BATCH = 1, 64  # CPU: batching tiles only adds memory traffic
 
 
@@ -73,12 +75,12 @@ def _balanced_out(n: int, out_max: int, overlap: float, align: int) -> int:
     return out_max
 
 
-#: ``tile="auto"``: on a GPU large tiles keep the device busy and make the halo cheap. On a
-#: 2-core CPU the "fast" U-Net computes ~20 % faster per pixel in 384-px tiles than in
-#: 1024-px ones, and 384-px tiles with a blended 1/8 overlap (no halo) were the fastest
-#: scheme measured on a 512-px stack and a 2048-px image (benchmarks/tile_size.py).
-AUTO_TILE = {"cuda": 1024, "other": 384}
-#: ``overlap="auto"`` without a halo: blended overlap that hides the seams of zero padding
+#: ``tile="auto"``: large tiles keep a GPU busy and make the halo cheap everywhere: a 512-px
+#: slice is one 672-px tile (its 80-px halo costs 1.7x the pixels), which on a CPU segments
+#: in about 1.5x the CPU time of the old no-halo, blended 384-px tiles
+#: (benchmarks/seamless.py). 768 on a CPU bounds the memory of wide networks.
+AUTO_TILE = {"cuda": 1024, "other": 768}
+#: ``overlap="auto"`` without a halo (``halo=0``): blended overlap that hides the seams
 AUTO_OVERLAP = 0.125
 
 
@@ -93,7 +95,7 @@ class Geometry(NamedTuple):
     overlap: float
 
 
-def _resolve_halo(halo: int | str, margin: int, tile: int, align: int, big: bool) -> int:
+def _resolve_halo(halo: int | str, margin: int, tile: int, align: int) -> int:
     if margin:
         if halo not in ("auto", 0):
             raise ValueError(
@@ -101,8 +103,8 @@ def _resolve_halo(halo: int | str, margin: int, tile: int, align: int, big: bool
                 f"discards its exact margin of {margin} px per side: use halo='auto' or 0"
             )
         return 0
-    if halo == "auto":
-        return min(AUTO_HALO_UNITS * align, tile // 4 // align * align) if big else 0
+    if halo == "auto":  # at most 3/8 of a (small) tile: a quarter of it is still output
+        return min(AUTO_HALO_UNITS * align, 3 * tile // 8 // align * align)
     return _ceil_to(int(halo), align)
 
 
@@ -113,19 +115,20 @@ def tile_geometry(
     """Resolve the "auto" tiling settings for ``device`` and size the tiles of an image.
 
     ``tile`` is the largest input tile ("auto": ``AUTO_TILE``). ``halo`` "auto" is
-    ``AUTO_HALO_UNITS * 2**depth`` px on CUDA (at most a quarter of the tile) and 0 on other
-    devices, whose small tiles would spend too much on it; always 0 for a ``valid`` network,
-    whose exact margin is discarded anyway. ``overlap`` "auto" is 0 with a halo and
-    ``AUTO_OVERLAP`` without one. For a ``same`` network each axis gets the fewest tiles of
-    at most ``tile`` that cover it, each as small as that allows (a 512-pixel slice with a
-    1024 tile and a 48-pixel halo is one 608-pixel tile), on the ``2**depth`` pooling grid
-    so that a tile sees the same grid as the whole image.
+    ``AUTO_HALO_UNITS * 2**depth`` px on every device (at most 3/8 of a small tile), so the
+    tiling is seamless (the labels do not depend on the tile size) and the image border is
+    mirror-padded; always 0 for a
+    ``valid`` network, whose exact margin is discarded anyway. ``overlap`` "auto" is 0 with a
+    halo and ``AUTO_OVERLAP`` without one (``halo=0``, the blended alternative). For a
+    ``same`` network each axis gets the fewest tiles of at most ``tile`` that cover it, each
+    as small as that allows (a 512-pixel slice with the 80-pixel halo is one 672-pixel tile),
+    on the ``2**depth`` pooling grid so that a tile sees the same grid as the whole image.
     """
     big = device.type == "cuda"
     if tile == "auto":
         tile = AUTO_TILE["cuda" if big else "other"]
     align, margin = 2**cfg.depth, int(getattr(model, "margin", 0))
-    h = _resolve_halo(halo, margin, tile, align, big)
+    h = _resolve_halo(halo, margin, tile, align)
     if overlap == "auto":
         overlap = 0.0 if h or margin else AUTO_OVERLAP
     if margin:

@@ -83,7 +83,7 @@ class SegmentWidget(QWidget):
         self.tile.setValue(0)
         self.tile.setToolTip(
             "largest input tile; tiles are balanced to cover the image; auto: 1024 px on "
-            "CUDA, 384 px on a CPU"
+            "CUDA, 768 px elsewhere"
         )
         self.halo = QSpinBox()
         self.halo.setRange(-1, 512)
@@ -91,8 +91,8 @@ class SegmentWidget(QWidget):
         self.halo.setValue(-1)
         self.halo.setToolTip(
             "context pixels around every tile, computed and discarded (U-Net's overlap-tile); "
-            "auto: 48 px for a depth-4 'same' network on CUDA, 0 on a CPU and for 'valid' "
-            "networks"
+            "auto: 80 px for a depth-4 'same' network (seamless: the tile size does not change "
+            "the labels), 0 for 'valid' networks; 0 with an overlap blends tiles instead"
         )
         self.batch.setRange(0, 256)
         self.batch.setSpecialValueText("auto")

@@ -283,10 +283,11 @@ def add_parser(sub: Any) -> None:
                    help="UNet++: accurate (the full network) or a faster, pruned 1..depth; "
                         "default: accurate")
     r.add_argument("--tile", default="auto",
-                   help="largest input tile in pixels; auto: 1024 on CUDA, 384 on a CPU")
+                   help="largest input tile in pixels; auto: 1024 on CUDA, 768 elsewhere")
     r.add_argument("--halo", default="auto",
                    help="context pixels per tile side, computed and discarded (U-Net's "
-                        "overlap-tile); auto: 3*2**depth (48 at depth 4) on CUDA, 0 on a CPU")
+                        "overlap-tile); auto: 5*2**depth (80 at depth 4), seamless; 0 with "
+                        "--overlap blends the tiles instead")
     r.add_argument("--overlap", default="auto",
                    help="blended overlap of output tiles, a fraction; auto: 0 with a halo, "
                         "else 0.125")
