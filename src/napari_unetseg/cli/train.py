@@ -232,7 +232,8 @@ def add_parser(sub: Any) -> None:
                    help="weight-map border term width in pixels; default: 5")
     t.add_argument("--no-class-balance", action="store_true",
                    help="weight map without the class-balance term; default: with it")
-    t.add_argument("--optimizer", choices=["adam", "sgd"], help="default: adam")
+    t.add_argument("--optimizer", choices=["adam", "sgd"],
+                   help="default: the preset's (paper: sgd), else adam")
     t.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:N or mps; auto: CUDA, then MPS, then the CPU")
     t.add_argument("--seed", type=int, default=0, help="random seed (patches, weights)")
