@@ -11,6 +11,7 @@ import tifffile
 
 from napari_unetseg.cli import main, parse_slices
 from napari_unetseg.io import load_model
+from napari_unetseg.metrics import isbi_scores
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 
@@ -78,10 +79,40 @@ def test_round_trip_train_predict_evaluate(em_files, trained, capsys):
     scores = _json_out(capsys)
     for key in ("pixel_error", "dice", "iou", "v_rand", "v_info"):
         assert key in scores
-    assert 0.0 <= scores["v_rand"] <= 1.0 and 0.0 <= scores["pixel_error"] <= 1.0
+    # the scores of exactly the predicted slice against slice 2 of the ground truth
+    gt = tifffile.imread(d / "lab.tif")[2:3] == 0
+    want = isbi_scores((pred == 0).astype(np.float32), gt, thresholds=[0.5])
+    assert (scores["v_rand"], scores["v_info"]) == (want["v_rand"], want["v_info"])
+    assert scores["pixel_error"] == np.mean((pred == 0) != gt)
 
     assert main(["evaluate", str(d / "prob.tif"), str(d / "lab.tif"), "--slices", "2:3"]) == 0
-    assert 0.0 <= _json_out(capsys)["v_info"] <= 1.0
+    want = isbi_scores(prob, gt)  # the best over the threshold sweep
+    assert _json_out(capsys)["v_info"] == want["v_info"]
+
+
+def test_evaluate_scores_hand_made_images_exactly(tmp_path, capsys):
+    """V_Rand / V_Info of images small enough to score by hand (issue 11: exact values)."""
+    gt = np.full((8, 8), 255, np.uint8)
+    gt[:, 4] = 0  # a membrane between a 32-px and a 24-px cell
+    merged = np.full((8, 8), 255, np.uint8)  # the membrane missed: one segment
+    prob = np.where(gt == 0, 0.8, 0.1).astype(np.float32)  # right for 0.1 < t <= 0.8
+    for name, arr in (("gt", gt), ("merged", merged), ("prob", prob)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", arr, photometric="minisblack")
+
+    def scores(name):
+        assert main(["evaluate", str(tmp_path / f"{name}.tif"), str(tmp_path / "gt.tif")]) == 0
+        return _json_out(capsys)
+
+    s = scores("gt")
+    assert (s["v_rand"], s["v_info"], s["pixel_error"]) == (1.0, 1.0, 0.0)
+    s = scores("merged")
+    # Rand: sum p_ij^2 / (sum s_i^2 / 2 + sum t_j^2 / 2) = 1600 / (3136 / 2 + 1600 / 2) = 25/37
+    assert s["v_rand"] == pytest.approx(25 / 37, abs=1e-12)
+    assert (s["v_rand_split"], s["v_rand_merge"]) == pytest.approx((1.0, 1600 / 3136))
+    assert s["v_info"] == 0.0  # no mutual information (Fiji: 0 when an entropy is 0)
+    assert s["pixel_error"] == pytest.approx(8 / 64)
+    s = scores("prob")
+    assert (s["v_rand"], s["v_info"]) == (1.0, 1.0)
 
 
 def test_full_probabilities_have_class_axis(em_files, trained, capsys):
@@ -107,6 +138,31 @@ def test_instances_output(em_files, trained, capsys):
     assert (prob >= 0.5).any() and (prob < 0.5).any()  # else the check below is vacuous
     # objects are exactly the connected pixels of p(cell) >= 0.5
     assert ((inst > 0) == (prob >= 0.5)).all()
+
+
+def test_presets_and_architecture_options_reach_the_model(em_files, capsys):
+    """--preset paper is Ronneberger's recipe; ResUNet blocks per level, dropout and the
+    weight-map settings reach the saved model (issue 11, points 1, 5 and 6)."""
+    d = em_files
+    tiny = [a for a in TINY if a != "--patch-size" and a != "64"]
+    assert main(["train", str(d / "img.tif"), str(d / "lab.tif"), "-o", str(d / "p.unetseg"),
+                 "--slices", "0:1", "--preset", "paper", *tiny, "--patch-size", "92"]) == 0
+    saved = load_model(d / "p.unetseg")
+    cfg, train = saved.config, saved.metadata["train_config"]
+    assert (cfg.padding, cfg.batchnorm, cfg.dropout) == ("valid", False, 0.5)
+    assert (train["optimizer"], train["loss"], train["w0"], train["sigma"]) == (
+        "sgd", "wce", 10.0, 5.0)
+    assert main(["train", str(d / "img.tif"), str(d / "lab.tif"), "-o", str(d / "r.unetseg"),
+                 "--slices", "0:1", "--arch", "resunet", "--block", "bottleneck",
+                 "--blocks-per-level", "1,2,3", "--dropout", "0.2", "--w0", "4", "--sigma",
+                 "2", "--no-class-balance", *TINY]) == 0
+    saved = load_model(d / "r.unetseg")
+    cfg, train = saved.config, saved.metadata["train_config"]
+    assert (cfg.arch, cfg.block, cfg.blocks_per_level, cfg.dropout) == (
+        "resunet", "bottleneck", (1, 2, 3), 0.2)
+    assert (train["loss"], train["w0"], train["sigma"], train["class_balance"]) == (
+        "wce", 4.0, 2.0, False)
+    capsys.readouterr()
 
 
 def test_existing_output_is_not_overwritten(em_files, capsys):
