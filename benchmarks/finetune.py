@@ -156,8 +156,9 @@ def tasks(args) -> dict[str, dict[str, Any]]:
     out = {}
     image, labels = load_isbi(args.data)
     names = [n for n in args.tasks.split(",") if n]
-    for name, (img, gt) in proxies(image[HELD_OUT], labels[HELD_OUT],
-                                   [n for n in names if n != "objects"]).items():
+    wanted = [n for n in names if n != "objects"]  # none: no proxy (proxies([]) is all)
+    for name, (img, gt) in (proxies(image[HELD_OUT], labels[HELD_OUT], wanted).items()
+                            if wanted else []):
         strokes = membrane_strokes(gt[STROKED], slices=None, n_strokes=args.strokes,
                                    seed=args.seed)
         out[name] = {"image": img[STROKED], "strokes": strokes, "test": img[SCORED],
