@@ -9,10 +9,13 @@ UNet++ is scored at every pruned level and in "accurate" mode.
     python benchmarks/isbi.py --minutes 3                     # GPU (auto)
     python benchmarks/isbi.py --device cpu --small            # a few-minute CPU smoke run
 
-Ablations (one run, one seed, the same fixed recipe for every row, so the rows compare):
+Ablations (the same fixed recipe and number of steps for every row, so the rows compare;
+``--seeds 0,1`` trains each row once per seed and also reports the mean):
 
     python benchmarks/isbi.py --device cpu --preset fast --ablation weightmap  # w0, sigma
     python benchmarks/isbi.py --device cpu --preset fast --ablation skips      # long/short skips
+
+Each row records its training wall time and process CPU time (``train_cpu_s``, all threads).
 
 Data: ../shared/data/isbi2012 (or --data); the ISBI 2012 challenge data of Arganda-Carreras et al.
 2015, images from Cardona et al. 2010.
@@ -21,6 +24,7 @@ Data: ../shared/data/isbi2012 (or --data); the ISBI 2012 challenge data of Argan
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import sys
@@ -122,6 +126,16 @@ def _rows(args) -> list[tuple[str, str, dict, dict]]:
     return [(arch, arch, {}, {}) for arch in args.archs.split(",")]
 
 
+def _means(rows: list[dict]) -> list[dict]:
+    """V_Rand / V_Info of each (row, level) averaged over its seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["row"], r["level"]), []).append(r)
+    return [{"row": name, "level": level, "seeds": len(g),
+             **{k: float(np.mean([r[k] for r in g])) for k in ("v_rand", "v_info")}}
+            for (name, level), g in groups.items()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path)
@@ -132,8 +146,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--width", type=int, default=32)
-    p.add_argument("--patch", type=int, default=256)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--patch", type=int, default=None, help="default: the preset's, else 256")
+    p.add_argument("--batch", type=int, default=None, help="default: the preset's, else 8")
     p.add_argument("--tile", default="auto", help="largest tile; auto: the engine's choice")
     p.add_argument("--loss", default="wce")
     p.add_argument("--ablation", choices=["weightmap", "skips"],
@@ -142,6 +156,7 @@ def main() -> None:
     p.add_argument("--blocks-per-level", type=int, default=2,
                    help="skips ablation: residual blocks per level")
     p.add_argument("--iterations", type=int, help="override the preset's iterations")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds per row")
     p.add_argument("--save", type=Path, help="folder for each row's model and probabilities")
     p.add_argument("--no-tta", action="store_true")
     p.add_argument("--small", action="store_true", help="tiny CPU smoke settings")
@@ -156,19 +171,23 @@ def main() -> None:
     if args.preset:
         model_kw, train_kw = presets.split(presets.preset(args.preset))
         args.depth, args.width = model_kw["depth"], model_kw["width"]
-        args.patch, args.batch = train_kw["patch_size"], train_kw["batch_size"]
+        args.patch = args.patch or train_kw["patch_size"]
+        args.batch = args.batch or train_kw["batch_size"]
         extra = {"iterations": args.iterations or train_kw["iterations"]}
+    args.patch, args.batch = args.patch or 256, args.batch or 8
     image, labels = load(args.data)
     train_img, train_lab = image[:25], labels[:25]
     test_img, test_gt = image[25:30], labels[25:30]
     base = {"batch_size": args.batch, "patch_size": args.patch, "device": args.device,
-            "seed": 0, "loss": args.loss, "val_slices": (23, 24),
+            "loss": args.loss, "val_slices": (23, 24),
             "amp": args.device.startswith("cuda"), **extra}
     rows = []
-    for name, arch, model_kw, train_kw in _rows(args):
+    seeds = [int(x) for x in args.seeds.split(",")]
+    for (name, arch, model_kw, train_kw), seed in itertools.product(_rows(args), seeds):
         cfg = ModelConfig(arch=arch, depth=args.depth, width=args.width, **model_kw)
         info = describe(cfg)
-        recipe = {**base, **train_kw}
+        recipe = {**base, "seed": seed, **train_kw}
+        cpu0 = time.process_time()
         if args.preset:
             t0 = time.perf_counter()
             result = fit(train_img, train_lab, cfg, TrainConfig(**recipe), labels_mode="dense")
@@ -176,24 +195,32 @@ def main() -> None:
         else:
             result, iters, train_s = train_budgeted(train_img, train_lab, cfg, recipe,
                                                     args.minutes * 60)
+        train_cpu_s = time.process_time() - cpu0
         levels = ["accurate", *range(1, args.depth + 1)] if arch == "unetpp" else [None]
         for level in levels:
             s, probs = score(result, test_img, test_gt, level, args)
             if level in (None, "accurate"):
                 _save(args, name, result, probs)
-            row = {"row": name, "arch": arch, "level": level, "params": info["params"],
+            row = {"row": name, "arch": arch, "level": level, "seed": seed,
+                   "params": info["params"],
                    "model": {k: str(v) for k, v in model_kw.items()},
                    "train": {k: str(v) for k, v in train_kw.items()},
                    "iterations": iters, "train_s": round(train_s, 1),
+                   "train_cpu_s": round(train_cpu_s, 1),
                    "best_val_dice": result.metadata.get("best_val_dice"), **s}
             rows.append(row)
-            print(f"{name:24s} {str(level or ''):9s} V_Rand {s.get('v_rand', float('nan')):.4f} "
+            print(f"{name:24s} s{seed} {str(level or ''):9s} "
+                  f"V_Rand {s.get('v_rand', float('nan')):.4f} "
                   f"V_Info {s.get('v_info', float('nan')):.4f} pixel-err "
                   f"{s['pixel_error']:.4f} train {train_s:.0f}s ({iters} it) "
                   f"infer {s['infer_s']}s", flush=True)
+    means = _means(rows) if len(seeds) > 1 else []
+    for m in means:
+        print(f"mean over seeds: {m['row']:24s} {str(m['level'] or ''):9s} V_Rand "
+              f"{m['v_rand']:.4f} V_Info {m['v_info']:.4f}", flush=True)
     out = {"benchmark": "isbi2012 train 0-24 / score 25-29", "machine": machine(args.device),
            "device": args.device, "settings": {k: str(v) for k, v in vars(args).items()},
-           "rows": rows}
+           "rows": rows, "means": means}
     print(json.dumps(out, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
