@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unetseg.cli import main, parse_slices
+from napari_unetseg.cli import evaluate_arrays, main, parse_slices
 from napari_unetseg.io import load_model
 from napari_unetseg.metrics import isbi_scores
 
@@ -205,13 +205,27 @@ def test_parse_slices():
     assert parse_slices(None) is None
 
 
-def test_demo_trains_segments_and_scores(capsys):
+def test_demo_trains_segments_and_scores(capsys, monkeypatch):
     """The README's headless main job, with tiny settings."""
+    from napari_unetseg.cli import demo
+
+    seen = []
+
+    def spy(probs, gt, boundary_value=0):
+        seen.append((probs.copy(), gt.copy()))
+        return evaluate_arrays(probs, gt, boundary_value)
+
+    monkeypatch.setattr(demo, "evaluate_arrays", spy)
     assert main(["demo", "--iterations", "3", "--depth", "2", "--width", "4",
                  "--patch-size", "64", "--device", "cpu"]) == 0
     captured = capsys.readouterr()
     scores = json.loads(captured.out)
     for key in ("pixel_error", "dice", "v_rand", "v_info", "train_seconds", "segment_seconds"):
         assert key in scores
-    assert 0.0 <= scores["v_rand"] <= 1.0 and 0.0 <= scores["pixel_error"] <= 1.0
+    # the scores printed are exactly those of the held-out slices' membrane probabilities
+    (probs, gt), = seen
+    assert probs.shape[0] == gt.shape[0] == 2
+    want = isbi_scores(probs, gt == 0)
+    assert (scores["v_rand"], scores["v_info"]) == (want["v_rand"], want["v_info"])
+    assert scores["pixel_error"] == pytest.approx(np.mean((probs >= 0.5) != (gt == 0)), abs=1e-12)
     assert "training on 6, scoring on the last 2" in captured.err
