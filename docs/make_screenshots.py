@@ -138,7 +138,13 @@ def main() -> None:
     wm = docks["Weight map preview"]
     show_tab(wm)
     wm.labels_picker.set_layer(cells.name)
+    wm.mode.setCurrentText("instances (U-Net weight map)")  # the mode is shared with Train
     pump(2.0)
+    for layer in list(viewer.layers):  # the image, the cells and their weight map on screen
+        layer.visible = layer is image or layer is cells or "weight map" in layer.name
+    pump(0.5)
+    if "w0 10" not in wm.status.text():
+        sys.exit(f"the weight map shows no border term: {wm.status.text()}")
     shot(viewer, "weightmap.png", "Weight map preview", wm)
     cells.visible = False
     for layer in list(viewer.layers):

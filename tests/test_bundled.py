@@ -133,3 +133,21 @@ def test_cli_predict_bundled(tmp_path, em, capsys):
     seg = tifffile.imread(out)
     assert seg.shape == (128, 128) and set(np.unique(seg)) <= {0, 255}
     assert (seg == 0).mean() > 0.05 and (seg == 255).mean() > 0.4
+
+
+@pytest.mark.parametrize(("extra", "want"), [((), 1e-4), (("--lr", "0.002"), 2e-3)])
+def test_cli_train_from_bundled_takes_small_steps(tmp_path, em, extra, want):
+    """From a model, Adam's default learning rate is finetune.FINETUNE_LR (1e-3 first undoes
+    what the bundled model knows); a given --lr is kept."""
+    image, truth = em
+    labels = np.zeros(image.shape, np.uint8)
+    labels[truth] = 1
+    labels[~truth] = 2
+    labels[::2] = 0
+    tifffile.imwrite(tmp_path / "em.tif", image[:96, :96])
+    tifffile.imwrite(tmp_path / "lab.tif", labels[:96, :96])
+    out = tmp_path / "m.unetseg"
+    assert main(["train", str(tmp_path / "em.tif"), str(tmp_path / "lab.tif"), "-o", str(out),
+                 "--init", "bundled", "--iterations", "1", "--batch-size", "1",
+                 "--patch-size", "64", "--device", "cpu", *extra]) == 0
+    assert load_model(out).metadata["train_config"]["lr"] == pytest.approx(want)

@@ -72,3 +72,33 @@ def test_segment_with_the_bundled_model_untrained(viewer, image, gt, dock, wait_
     pred_membrane, true_membrane = out == 0, truth == 1
     dice = 2 * (pred_membrane & true_membrane).sum() / (pred_membrane.sum() + true_membrane.sum())
     assert dice > 0.6  # a random-weight network stays below 0.45 here (test_bundled.py)
+
+
+def test_learning_rate_follows_start_from(qtbot):
+    """A preset's learning rate is 1e-4 from a model (Adam) and the preset's from scratch,
+    without turning the preset into "custom"; a learning rate the user set stays."""
+    from napari_unetseg._widgets._train_form import TrainForm
+    from napari_unetseg.finetune import FINETUNE_LR
+
+    form = TrainForm()
+    qtbot.addWidget(form)
+    form.preset.setCurrentText("fast, CPU friendly")
+    scratch_lr = form.lr.value()
+    assert scratch_lr == pytest.approx(1e-3)
+    form.start_from.setCurrentText("bundled EM membranes")
+    assert form.train_config().lr == pytest.approx(FINETUNE_LR)
+    assert form.preset.currentText() == "fast, CPU friendly"
+    form.iterations.setValue(form.iterations.value())  # a no-op edit keeps the preset
+    assert form.preset.currentText() == "fast, CPU friendly"
+    form.start_from.setCurrentText("scratch (random weights)")
+    assert form.train_config().lr == pytest.approx(scratch_lr)
+    form.preset.setCurrentText("paper (Ronneberger 2015)")  # SGD keeps its own rate
+    paper_lr = form.lr.value()
+    form.start_from.setCurrentText("current model (loaded or trained)")
+    assert form.lr.value() == pytest.approx(paper_lr)
+    form.preset.setCurrentText("fast, CPU friendly")
+    assert form.lr.value() == pytest.approx(FINETUNE_LR)  # the preset, from a model
+    form.lr.setValue(5e-4)
+    assert form.preset.currentText() == "custom"
+    form.start_from.setCurrentText("scratch (random weights)")
+    assert form.lr.value() == pytest.approx(5e-4)

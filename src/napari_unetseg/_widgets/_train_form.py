@@ -20,6 +20,7 @@ from superqt import QCollapsible
 from .. import presets as core_presets
 from ..augment import AugmentConfig
 from ..config import ModelConfig
+from ..finetune import FINETUNE_LR
 from ..training import TrainConfig
 from ._common import available_devices
 from ._live import PREVIEW_S
@@ -136,6 +137,7 @@ class TrainForm(QWidget):
         self._hidden: dict[str, object] = {}
         self._layout()
         self.preset.currentTextChanged.connect(self.apply_preset)
+        self.start_from.currentTextChanged.connect(self._start_changed)
         for field in self._fields().values():
             signal = (field.currentTextChanged if isinstance(field, QComboBox)
                       else field.valueChanged)
@@ -201,10 +203,29 @@ class TrainForm(QWidget):
                 field.setValue(value)
             field.blockSignals(False)
         self._hidden = {k: values[k] for k in _HIDDEN if k in values}
+        self._start_changed()
+
+    def _preset_values(self, values: dict[str, object]) -> dict[str, object]:
+        """A preset's shown fields, with the learning rate for where training starts: from a
+        model, Adam takes :data:`~napari_unetseg.finetune.FINETUNE_LR` (small steps keep
+        what the model knows)."""
+        shown = {k: values[k] for k in _SHOWN}
+        if self.init() != "scratch" and values.get("optimizer", "adam") == "adam":
+            shown["lr"] = FINETUNE_LR
+        return shown
+
+    def _start_changed(self, *args: object) -> None:
+        """A preset's learning rate follows "start from" (a custom one stays as set)."""
+        values = PRESETS.get(self.preset.currentText())
+        if values is None:
+            return
+        self.lr.blockSignals(True)
+        self.lr.setValue(float(self._preset_values(values)["lr"]))
+        self.lr.blockSignals(False)
 
     def _edited(self, *args: object) -> None:
         values = PRESETS.get(self.preset.currentText())
-        if values is not None and {k: values[k] for k in _SHOWN} != self._values():
+        if values is not None and self._preset_values(values) != self._values():
             self._hidden = {}
             self.preset.blockSignals(True)
             self.preset.setCurrentText(CUSTOM)

@@ -44,6 +44,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume:  # the architecture options, checked before any file is read
         ModelConfig(arch=arch, classes=args.classes or 2, **model_kw)
     init = _init(args)
+    if init is not None and args.lr is None and train_kw.get("optimizer", "adam") == "adam":
+        # from a model: small steps keep what it knows
+        from ..finetune import FINETUNE_LR
+
+        train_cfg = TrainConfig(device=args.device, seed=args.seed,
+                                **{**train_kw, "lr": FINETUNE_LR})
     resume = None
     if args.resume:
         from ..io import load_model
@@ -221,7 +227,8 @@ def add_parser(sub: Any) -> None:
                    help="dropout probability (ResUNet: every block; U-Net: deepest levels); "
                         "default: the preset's (fast: 0)")
     t.add_argument("--lr", type=float, default=None,
-                   help="learning rate; default: the preset's or 1e-3")
+                   help="learning rate; default: the preset's or 1e-3, and 1e-4 (Adam) with "
+                        "--init from a model")
     t.add_argument("--loss", default=None, choices=["wce", "ce", "dice", "bce_dice"],
                    help="wce: cross-entropy weighted by the U-Net weight map; ce: unweighted; "
                         "dice: soft Dice; bce_dice: the UNet++ loss (BCE weighted); default: "
