@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     for key in ("iterations", "batch_size", "patch_size", "lr", "optimizer"):
         if getattr(args, key) is not None:
             train_kw[key] = getattr(args, key)
+    if args.init != "scratch" and args.lr is None and train_kw.get("optimizer", "adam") == "adam":
+        from ..finetune import FINETUNE_LR  # from a model: small steps keep what it knows
+
+        train_kw["lr"] = FINETUNE_LR
     train_kw["loss"] = args.loss or train_kw.get("loss", "wce")
     train_kw.update(_weight_options(args, train_kw["loss"]))
     train_cfg = TrainConfig(device=args.device, seed=args.seed, **train_kw)
@@ -44,12 +48,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume:  # the architecture options, checked before any file is read
         ModelConfig(arch=arch, classes=args.classes or 2, **model_kw)
     init = _init(args)
-    if init is not None and args.lr is None and train_kw.get("optimizer", "adam") == "adam":
-        # from a model: small steps keep what it knows
-        from ..finetune import FINETUNE_LR
-
-        train_cfg = TrainConfig(device=args.device, seed=args.seed,
-                                **{**train_kw, "lr": FINETUNE_LR})
     resume = None
     if args.resume:
         from ..io import load_model
