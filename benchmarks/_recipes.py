@@ -13,12 +13,21 @@ from napari_unetseg import ModelConfig
 from napari_unetseg.training import TrainConfig, train
 
 #: "today": the CLI's sparse default before issue 10 (fast preset, ce, 10 % validation),
-#: trained by time. "scribbles": the loop's recipe (see presets.py).
+#: trained by time. "raw": the loop's recipe on raw pixels (the previous sessions' default).
+#: "scribbles": what Train does by default from strokes: the fast preset (its network with the
+#: multiscale filter bank, ``features="multiscale"``, and self-training every 20 s, see
+#: presets.py) with TrainConfig's defaults (wce: class-balanced strokes; 10 % of the strokes
+#: held out for validation). "scribbles-ce": the same with plain cross entropy and every
+#: stroke trained on.
 RECIPES: dict[str, dict[str, Any]] = {
     "today": {"depth": 4, "width": 16, "patch_size": 192, "batch_size": 4, "loss": "ce",
               "val_fraction": 0.1},
-    "scribbles": {"depth": 4, "width": 16, "patch_size": 192, "batch_size": 4, "loss": "ce",
-                  "val_fraction": 0.0},
+    "raw": {"depth": 4, "width": 16, "patch_size": 192, "batch_size": 4, "loss": "ce",
+            "val_fraction": 0.0},
+    "scribbles": {"depth": 4, "width": 16, "patch_size": 192, "batch_size": 4, "loss": "wce",
+                  "val_fraction": 0.1, "features": "multiscale", "self_training_s": 20.0},
+    "scribbles-ce": {"depth": 4, "width": 16, "patch_size": 192, "batch_size": 4, "loss": "ce",
+                     "val_fraction": 0.0, "features": "multiscale", "self_training_s": 20.0},
 }
 
 #: recipe settings that are not ModelConfig / TrainConfig fields

@@ -117,9 +117,10 @@ def random_forest(task: dict, clock, seed: int) -> dict:
             "first_preview_s": round(preview_s, 2), **scores}
 
 
-def deep(task: dict, args, clock, marks: list[float]) -> dict:
+def deep(task: dict, args, clock, marks: list[float], recipe: str | None = None) -> dict:
+    recipe = recipe or args.recipes[0]
     marks = sorted({*marks, args.preview_s})
-    run = deep_run(task, args.recipe, args.set, marks, clock, args.seed)
+    run = deep_run(task, recipe, args.set, marks, clock, args.seed)
     v = _value(task)
     rows = []
     preview = None
@@ -132,14 +133,14 @@ def deep(task: dict, args, clock, marks: list[float]) -> dict:
             preview = run.prep_s + snap.at_s + (clock() - one)
         if args.save:
             args.save.mkdir(parents=True, exist_ok=True)
-            np.save(args.save / f"{task['name'].replace('/', '_')}_{snap.at_s:g}s.npy",
+            np.save(args.save / f"{task['name'].replace('/', '_')}_{recipe}_{snap.at_s:g}s.npy",
                     prob[:1].astype(np.float16))
         row = {"at_s": snap.at_s, "step": snap.step, **_score(task, {v: prob}),
                "score_s": round(clock() - t0, 1)}
         rows.append(row)
-        print(f"  {task['name']:9s} {args.recipe} @{snap.at_s:>5}s step {snap.step:5d} "
+        print(f"  {task['name']:9s} {recipe} @{snap.at_s:>5}s step {snap.step:5d} "
               f"{ {k: v for k, v in row.items() if k not in ('at_s', 'step')} }", flush=True)
-    return {"method": f"network ({args.recipe})", "prep_s": round(run.prep_s, 2),
+    return {"method": f"network ({recipe})", "prep_s": round(run.prep_s, 2),
             "steps": run.steps, "first_preview_s": None if preview is None else round(preview, 2),
             "curve": rows, "settings": run.settings}
 
@@ -173,7 +174,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     p.add_argument("--tasks", default="isbi,synthetic,objects")
-    p.add_argument("--recipe", default="scribbles", choices=list(RECIPES))
+    p.add_argument("--recipe", default="scribbles",
+                   help=f"network recipe(s), comma-separated, each trained in turn after the "
+                        f"forest: {', '.join(RECIPES)}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe setting (repeatable)")
     p.add_argument("--marks", default="10,30,60,120,300",
@@ -199,6 +202,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.slices = tuple(int(s) for s in args.slices.split(","))
+    args.recipes = args.recipe.split(",")
+    if set(args.recipes) - set(RECIPES):
+        p.error(f"unknown recipe in {args.recipe!r}; known: {', '.join(RECIPES)}")
     args.sweep_strokes = [int(s) for s in args.sweep_strokes.split(",")]
     clock = make_clock(args.clock)
     record = {
@@ -214,8 +220,8 @@ def main() -> None:
         print(f"{name:9s} random forest {rf}", flush=True)
         marks = ([float(m) for m in args.marks.split(",")] if name == "isbi"
                  else [args.task_s])
-        net = deep(task, args, clock, marks)
-        record["tasks"][name] = {"painted_fraction": round(painted, 4), "rows": [rf, net]}
+        nets = [deep(task, args, clock, marks, r) for r in args.recipes]
+        record["tasks"][name] = {"painted_fraction": round(painted, 4), "rows": [rf, *nets]}
     if args.do_sweep and "isbi" in args.tasks:
         rows = sweep(args, clock)
         record["strokes_sweep"] = {"rows": rows, "seconds": args.sweep_s,

@@ -162,6 +162,17 @@ def test_presets_and_architecture_options_reach_the_model(em_files, capsys):
         "resunet", "bottleneck", (1, 2, 3), 0.2)
     assert (train["loss"], train["w0"], train["sigma"], train["class_balance"]) == (
         "wce", 4.0, 2.0, False)
+    # the fast preset (the default) brings the filter bank and self-training; flags override
+    assert main(["train", str(d / "img.tif"), str(d / "lab.tif"), "-o", str(d / "f.unetseg"),
+                 "--slices", "0:1", *TINY]) == 0
+    saved = load_model(d / "f.unetseg")
+    assert saved.config.features == "multiscale"
+    assert saved.metadata["train_config"]["self_training_s"] == 20.0
+    assert main(["train", str(d / "img.tif"), str(d / "lab.tif"), "-o", str(d / "n.unetseg"),
+                 "--slices", "0:1", "--features", "none", "--self-training", "0", *TINY]) == 0
+    saved = load_model(d / "n.unetseg")
+    assert saved.config.features == "none"
+    assert saved.metadata["train_config"]["self_training_s"] == 0.0
     capsys.readouterr()
 
 

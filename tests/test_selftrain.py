@@ -91,6 +91,25 @@ def test_training_runs_rounds_on_its_clock(stack):
     off = fit(image, strokes, TINY, TrainConfig(**{**cfg.to_dict(), "self_training_s": 0.0,
                                                    "augment": AugmentConfig.off()}))
     assert off.metadata["pseudo_rounds"] == 0
+    # dense labels leave no pixel to fill: no rounds (no time spent predicting)
+    n[0] = 0
+    dense = membrane_labels(touching_cells((4, 48, 48), 8, seed=0)[1]) + 1
+    res = fit(image, dense, TINY, cfg, labels_mode="dense", stop=stop,
+              clock=lambda: float(n[0]))
+    assert res.metadata["pseudo_rounds"] == 0
+
+
+def test_fast_preset_trains_strokes_with_features_and_self_training():
+    """The loop's defaults (docs/performance.md): what the CLI, the widget and the
+    benchmark's "scribbles" recipe take from the fast preset."""
+    from napari_unetseg.presets import preset, split
+
+    model_kw, train_kw = split(preset("fast"))
+    assert model_kw["features"] == "multiscale" and train_kw["self_training_s"] == 20.0
+    for other in ("paper", "wide", "resunet-em"):
+        model_kw, train_kw = split(preset(other))
+        assert model_kw.get("features", "none") == "none"
+        assert train_kw.get("self_training_s", 0.0) == 0.0
 
 
 def test_config_bounds():

@@ -10,6 +10,7 @@ from typing import Any
 ARCHS = ("unet", "unetpp", "resunet")
 PADDINGS = ("same", "valid")
 BLOCKS = ("basic", "bottleneck", "simple")
+FEATURES = ("none", "multiscale")
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
@@ -59,6 +60,12 @@ class ModelConfig:
     deep_supervision : bool
         UNet++: train every head X(0,1..depth); when off only the last head is trained, and
         the pruned levels ``1..depth-1`` are refused (their heads are untrained).
+    features : {"none", "multiscale"}
+        ``multiscale``: a fixed filter bank in front of the network
+        (:class:`~napari_unetseg.models.features.FilterBank`: smoothed intensity, gradient
+        magnitude and Hessian eigenvalues at scales 1-16 px, the features of ilastik's pixel
+        classifier) feeds the first layer with ``in_channels * 21`` channels; no trainable
+        weights. It makes training from a few strokes fast and steady (docs/performance.md).
     blocks_per_level : int or tuple of int
         ResUNet: residual blocks stacked per level, one number for every level or one per
         level of the contracting path then the bottom (``depth + 1`` numbers; the expanding
@@ -83,6 +90,7 @@ class ModelConfig:
     deep_supervision: bool = True
     blocks_per_level: int | tuple[int, ...] = 1
     dropout: float = 0.0
+    features: str = "none"
 
     def __post_init__(self) -> None:
         if isinstance(self.blocks_per_level, list):  # from JSON
@@ -103,6 +111,7 @@ class ModelConfig:
         _check_int("classes", self.classes, 1, 1024)
         _check_choice("padding", self.padding, PADDINGS)
         _check_choice("block", self.block, BLOCKS)
+        _check_choice("features", self.features, FEATURES)
         for name in ("batchnorm", "long_skips", "short_skips", "deep_supervision"):
             _check_bool(name, getattr(self, name))
         if self.padding == "valid" and self.arch != "unet":

@@ -95,7 +95,7 @@ class Geometry(NamedTuple):
     overlap: float
 
 
-def _resolve_halo(halo: int | str, margin: int, tile: int, align: int) -> int:
+def _resolve_halo(halo: int | str, margin: int, tile: int, align: int, extra: int = 0) -> int:
     if margin:
         if halo not in ("auto", 0):
             raise ValueError(
@@ -104,7 +104,8 @@ def _resolve_halo(halo: int | str, margin: int, tile: int, align: int) -> int:
             )
         return 0
     if halo == "auto":  # at most 3/8 of a (small) tile: a quarter of it is still output
-        return min(AUTO_HALO_UNITS * align, 3 * tile // 8 // align * align)
+        return min(AUTO_HALO_UNITS * align + _ceil_to(extra, align),
+                   3 * tile // 8 // align * align)
     return _ceil_to(int(halo), align)
 
 
@@ -115,7 +116,8 @@ def tile_geometry(
     """Resolve the "auto" tiling settings for ``device`` and size the tiles of an image.
 
     ``tile`` is the largest input tile ("auto": ``AUTO_TILE``). ``halo`` "auto" is
-    ``AUTO_HALO_UNITS * 2**depth`` px on every device (at most 3/8 of a small tile), so the
+    ``AUTO_HALO_UNITS * 2**depth`` px on every device, plus the reach of a filter bank
+    (``features="multiscale"``: 48 px, rounded up to the grid; at most 3/8 of a small tile), so the
     tiling is seamless (the labels do not depend on the tile size) and the image border is
     mirror-padded; always 0 for a
     ``valid`` network, whose exact margin is discarded anyway. ``overlap`` "auto" is 0 with a
@@ -128,7 +130,8 @@ def tile_geometry(
     if tile == "auto":
         tile = AUTO_TILE["cuda" if big else "other"]
     align, margin = 2**cfg.depth, int(getattr(model, "margin", 0))
-    h = _resolve_halo(halo, margin, tile, align)
+    bank = getattr(model, "features", None)  # the filter bank's reach comes on top
+    h = _resolve_halo(halo, margin, tile, align, getattr(bank, "radius", 0))
     if overlap == "auto":
         overlap = 0.0 if h or margin else AUTO_OVERLAP
     if margin:

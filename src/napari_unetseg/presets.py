@@ -2,7 +2,11 @@
 
 =============  ==============================================================================
 ``fast``       A small U-Net that trains on a 2-core laptop CPU in a few minutes (measured on
-               ISBI 2012 in ``benchmarks/isbi.py``, see docs/performance.md).
+               ISBI 2012 in ``benchmarks/isbi.py``, see docs/performance.md), fed by the
+               multiscale filter bank (``features="multiscale"``), which makes it learn from
+               a few strokes within a minute, and, from strokes (sparse labels), trained
+               on its own confident predictions every 20 s (self-training,
+               ``self_training_s``; ``benchmarks/scribbles.py``).
 ``paper``      Ronneberger et al. (2015), as the paper trains it: the unpadded ("valid")
                U-Net of width 64 and depth 4 without BatchNorm, dropout at the end of the
                contracting path, one 572x572 tile per step, SGD with momentum 0.99, the
@@ -23,7 +27,7 @@ from typing import Any
 #: Preset name -> model and training settings.
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"arch": "unet", "depth": 4, "width": 16, "iterations": 400, "patch_size": 192,
-             "batch_size": 4},
+             "batch_size": 4, "features": "multiscale", "self_training_s": 20.0},
     "paper": {"arch": "unet", "depth": 4, "width": 64, "padding": "valid", "batchnorm": False,
               "dropout": 0.5, "iterations": 2000, "patch_size": 572, "batch_size": 1,
               "optimizer": "sgd", "lr": 1e-3, "loss": "wce", "w0": 10.0, "sigma": 5.0},
@@ -37,9 +41,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 #: ModelConfig settings a preset may hold besides ``arch`` (which callers pick themselves:
 #: ``settings.get("arch", "unet")``), and TrainConfig settings.
-MODEL_KEYS = ("depth", "width", "padding", "batchnorm", "block", "blocks_per_level", "dropout")
+MODEL_KEYS = ("depth", "width", "padding", "batchnorm", "block", "blocks_per_level", "dropout",
+              "features")
 TRAIN_KEYS = ("iterations", "patch_size", "batch_size", "optimizer", "lr", "loss", "w0",
-              "sigma")
+              "sigma", "self_training_s")
 
 
 def preset(name: str) -> dict[str, Any]:

@@ -87,7 +87,7 @@ class TrainConfig:
         Self-training (:mod:`napari_unetseg.selftrain`): every ``self_training_s`` seconds
         of training (0: off), ``pseudo_slices`` slices are predicted and their pixels of
         class probability >= ``pseudo_confidence`` become training targets where nothing is
-        painted.
+        painted. Sparse labels only (dense and instance labels leave no pixel to fill).
     """
 
     iterations: int = 2000

@@ -539,7 +539,7 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     best = s.best
     if s.init is not None:
         _start_from_init(s)
-    if cfg.self_training_s > 0:
+    if cfg.self_training_s > 0 and s.data.labels_mode == "sparse":  # dense: nothing to fill
         s.pseudo = PseudoLabels(cfg.self_training_s, cfg.pseudo_slices, cfg.pseudo_confidence)
         s.data = s.pseudo.apply(s.data)
 

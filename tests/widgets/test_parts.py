@@ -31,8 +31,20 @@ def test_presets_and_configs(qtbot):
     assert (form.depth.value(), form.width.value()) == (fast["depth"], fast["width"])
     assert (form.patch.value(), form.iterations.value()) == (
         fast["patch_size"], fast["iterations"])
+    # the fast preset feeds the network the multiscale filter bank, shown as a checkbox that
+    # survives editing another field (the custom form keeps what is shown)
+    assert form.features.isChecked() and form.model_config(classes=2).features == "multiscale"
     form.width.setValue(4)  # editing a preset field makes the preset "custom"
     assert form.preset.currentText() == "custom"
+    assert form.model_config(classes=2).features == "multiscale"
+    form.features.setChecked(False)
+    assert form.model_config(classes=2).features == "none"
+    form.preset.setCurrentText("wide (width 64, same padding)")
+    assert not form.features.isChecked()
+    form.features.setChecked(True)  # editing it makes a preset custom too
+    assert form.preset.currentText() == "custom"
+    form.features.setChecked(False)
+    form.width.setValue(4)
     form.arch.setCurrentText("ResUNet")
     form.labels_mode.setCurrentIndex(2)
     form.augment.setChecked(False)

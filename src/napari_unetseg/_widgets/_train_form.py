@@ -51,7 +51,7 @@ PRESET_NAMES = {
 }
 #: Form fields a preset sets (shown), and settings it keeps out of sight until edited.
 _SHOWN = ("arch", "depth", "width", "iterations", "patch", "batch", "block", "blocks",
-          "dropout", "loss", "lr")
+          "dropout", "loss", "lr", "features", "self_training")
 _HIDDEN = ("padding", "batchnorm", "optimizer", "blocks_per_level")
 
 
@@ -63,7 +63,8 @@ def _form_values(name: str) -> dict[str, object]:
             "block": v.get("block", "basic"),
             "blocks": blocks if isinstance(blocks, int) else max(blocks),
             "dropout": v.get("dropout", 0.0), "loss": v.get("loss", "wce"),
-            "lr": v.get("lr", 1e-3),
+            "lr": v.get("lr", 1e-3), "features": v.get("features", "none"),
+            "self_training": float(v.get("self_training_s", 0.0)),
             **{k: v[k] for k in _HIDDEN if k in v}}
 
 
@@ -110,6 +111,18 @@ class TrainForm(QWidget):
         self.dropout.setRange(0.0, 0.9)
         self.dropout.setSingleStep(0.05)
         self.dropout.setToolTip("ResUNet: in every block; U-Net: at the deepest levels")
+        self.features = QCheckBox("multiscale features (filter bank)")
+        self.features.setToolTip(
+            "feed the network the features of ilastik's pixel classifier (smoothed intensity, "
+            "gradient, Hessian at 1-16 px): learns from a few strokes within a minute")
+        self.self_training = QDoubleSpinBox()
+        self.self_training.setRange(0.0, 3600.0)
+        self.self_training.setDecimals(0)
+        self.self_training.setSuffix(" s")
+        self.self_training.setSpecialValueText("off")
+        self.self_training.setToolTip(
+            "strokes only: every so many seconds, the network's confident predictions on a few "
+            "slices become extra training targets where nothing is painted (off: 0)")
         self.augment = QCheckBox("augmentation (flips, rotations, elastic)")
         self.augment.setChecked(True)
         self.iterations, self.batch = _spin(1, 1_000_000, 300, 50), _spin(1, 256, 4)
@@ -140,6 +153,7 @@ class TrainForm(QWidget):
         self.start_from.currentTextChanged.connect(self._start_changed)
         for field in self._fields().values():
             signal = (field.currentTextChanged if isinstance(field, QComboBox)
+                      else field.toggled if isinstance(field, QCheckBox)
                       else field.valueChanged)
             signal.connect(self._edited)
         self.apply_preset(self.preset.currentText())
@@ -154,7 +168,8 @@ class TrainForm(QWidget):
         for label, field in (
             ("depth", self.depth), ("width", self.width), ("residual block", self.block),
             ("blocks per level", self.blocks), ("dropout", self.dropout), ("loss", self.loss),
-            ("", self.augment), ("iterations", self.iterations), ("time budget", self.budget),
+            ("", self.features), ("", self.augment), ("iterations", self.iterations), ("time budget", self.budget),
+            ("self-train every", self.self_training),
             ("learning rate", self.lr), ("batch", self.batch), ("patch size", self.patch),
             ("device", self.device), ("preview every", self.preview_every),
         ):
@@ -172,13 +187,16 @@ class TrainForm(QWidget):
         return {"arch": self.arch, "depth": self.depth, "width": self.width,
                 "iterations": self.iterations, "patch": self.patch, "batch": self.batch,
                 "block": self.block, "blocks": self.blocks, "dropout": self.dropout,
-                "loss": self.loss, "lr": self.lr}
+                "loss": self.loss, "lr": self.lr, "features": self.features,
+                "self_training": self.self_training}
 
     def _values(self) -> dict[str, object]:
         out: dict[str, object] = {}
         for key, field in self._fields().items():
             if key == "arch":
                 out[key] = ARCHS[field.currentText()]
+            elif isinstance(field, QCheckBox):
+                out[key] = "multiscale" if field.isChecked() else "none"
             elif isinstance(field, QComboBox):
                 out[key] = field.currentText()
             else:
@@ -197,6 +215,8 @@ class TrainForm(QWidget):
             value = values[key]
             if key == "arch":
                 field.setCurrentText(names[value])
+            elif isinstance(field, QCheckBox):
+                field.setChecked(value == "multiscale")
             elif isinstance(field, QComboBox):
                 field.setCurrentText(str(value))
             else:
@@ -250,7 +270,7 @@ class TrainForm(QWidget):
         extra = {k: self._hidden[k] for k in ("padding", "batchnorm") if k in self._hidden}
         return ModelConfig(
             arch=arch, depth=self.depth.value(), width=self.width.value(), classes=classes,
-            in_channels=in_channels, dropout=0.0 if arch == "unetpp" else round(
+            in_channels=in_channels, features=self._values()["features"], dropout=0.0 if arch == "unetpp" else round(
                 float(self.dropout.value()), 4), **residual, **extra,
         )
 
@@ -259,6 +279,7 @@ class TrainForm(QWidget):
         return TrainConfig(
             iterations=self.iterations.value(), batch_size=self.batch.value(),
             time_budget_s=float(self.budget.value()) or None,
+            self_training_s=float(self.self_training.value()),
             patch_size=self.patch.value(), lr=float(self.lr.value()),
             loss=self.loss.currentText(), device=self.device.currentText(),
             augment=AugmentConfig() if self.augment.isChecked() else AugmentConfig.off(),

@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     check_output(out, args.overwrite, (args.image, args.labels, args.resume))
     settings = presets.preset(args.preset)
     model_kw, train_kw = presets.split(settings)
-    for key in ("depth", "width", "block", "blocks_per_level", "dropout"):
+    for key in ("depth", "width", "block", "blocks_per_level", "dropout", "features"):
         if getattr(args, key) is not None:
             model_kw[key] = getattr(args, key)
-    for key in ("iterations", "batch_size", "patch_size", "lr", "optimizer"):
+    for key in ("iterations", "batch_size", "patch_size", "lr", "optimizer", "self_training_s"):
         if getattr(args, key) is not None:
             train_kw[key] = getattr(args, key)
     if args.init != "scratch" and args.lr is None and train_kw.get("optimizer", "adam") == "adam":
@@ -118,6 +118,7 @@ def _check_resume(args: argparse.Namespace, cfg: Any) -> None:
     """Architecture options given with --resume must be the resumed model's (not ignored)."""
     for flag, given, has in (("--arch", args.arch, cfg.arch), ("--depth", args.depth, cfg.depth),
                              ("--width", args.width, cfg.width),
+                             ("--features", args.features, cfg.features),
                              ("--classes", args.classes, cfg.classes)):
         if given is not None and given != has:
             raise CliError(f"{flag} {given} differs from the --resume model ({has}); leave it "
@@ -224,6 +225,10 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--dropout", type=float, default=None,
                    help="dropout probability (ResUNet: every block; U-Net: deepest levels); "
                         "default: the preset's (fast: 0)")
+    t.add_argument("--features", default=None, choices=["none", "multiscale"],
+                   help="multiscale: a fixed filter bank (smoothed intensity, gradient, "
+                        "Hessian at 1-16 px) in front of the network, fast from few strokes; "
+                        "default: the preset's (fast: multiscale, others: none)")
     t.add_argument("--lr", type=float, default=None,
                    help="learning rate; default: the preset's or 1e-3, and 1e-4 (Adam) with "
                         "--init from a model")
@@ -231,6 +236,10 @@ def add_parser(sub: Any) -> None:
                    help="wce: cross-entropy weighted by the U-Net weight map; ce: unweighted; "
                         "dice: soft Dice; bce_dice: the UNet++ loss (BCE weighted); default: "
                         "the preset's, else wce")
+    t.add_argument("--self-training", dest="self_training_s", type=float, default=None,
+                   metavar="S", help="sparse labels: every S seconds of training, the network's "
+                   "confident predictions on a few slices become targets where nothing is "
+                   "painted, 0 = off; default: the preset's (fast: 20)")
     t.add_argument("--w0", type=float, default=None,
                    help="weight-map border term amplitude, 0 = off; default: 10")
     t.add_argument("--sigma", type=float, default=None,

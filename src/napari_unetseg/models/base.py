@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .features import FilterBank
 
 Level = Union[int, str, None]
 Output = Union[torch.Tensor, list[torch.Tensor]]
@@ -89,6 +90,13 @@ class SegmentationNet(nn.Module):
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
         self.config = config
+        self.features = FilterBank() if config.features == "multiscale" else None
+
+    @property
+    def input_channels(self) -> int:
+        """Channels the first layer sees: the image's, times the filter bank's features."""
+        c = self.config.in_channels
+        return c if self.features is None else c * self.features.per_channel
 
     # --- geometry -------------------------------------------------------------------------
     @property
@@ -161,6 +169,8 @@ class SegmentationNet(nn.Module):
         weight = next(self.parameters(), None)
         if weight is not None and x.dtype != weight.dtype:
             x = x.to(weight.dtype)  # any float input; autocast then casts as usual
+        if self.features is not None:  # on the image as given, before any internal padding
+            x = self.features(x)
         if self.config.padding == "valid":
             return self._forward_padded(x, level)
         h, w = x.shape[-2:]

@@ -51,7 +51,7 @@ class ResUNet(SegmentationNet):
                                     config.short_skips, config.dropout) for k in range(count)]
             return blocks[0] if count == 1 else nn.Sequential(*blocks)  # 1: names as before
 
-        self.stem = nn.Conv2d(config.in_channels, w, 3, padding=1, bias=False)
+        self.stem = nn.Conv2d(self.input_channels, w, 3, padding=1, bias=False)
         self.encoder = nn.ModuleList(
             stack(w if i == 0 else ch[i - 1], ch[i], n[i]) for i in range(d)
         )

@@ -43,7 +43,7 @@ class UNet(SegmentationNet):
         ch = [w * 2**i for i in range(d + 1)]
         opts = {"batchnorm": config.batchnorm, "padding": config.padding}
         self.encoder = nn.ModuleList(
-            conv_block(config.in_channels if i == 0 else ch[i - 1], ch[i], **opts)
+            conv_block(self.input_channels if i == 0 else ch[i - 1], ch[i], **opts)
             for i in range(d)
         )
         self.pool = nn.MaxPool2d(2)

@@ -57,7 +57,7 @@ class UNetPlusPlus(SegmentationNet):
         self.nodes = nn.ModuleDict()
         self.ups = nn.ModuleDict()
         for i in range(d + 1):
-            cin = config.in_channels if i == 0 else ch[i - 1]
+            cin = self.input_channels if i == 0 else ch[i - 1]
             self.nodes[_name(i, 0)] = conv_block(cin, ch[i], batchnorm=config.batchnorm)
         for j in range(1, d + 1):
             for i in range(d + 1 - j):
