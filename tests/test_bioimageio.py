@@ -23,9 +23,10 @@ from napari_unetseg.io import SavedModel, save_model  # noqa: E402
 CPU = InferenceConfig(device="cpu")
 
 
-def _saved(arch="unet", classes=2, padding="same"):
+def _saved(arch="unet", classes=2, padding="same", features="none"):
     torch.manual_seed(0)
-    cfg = ModelConfig(arch=arch, depth=2, width=4, classes=classes, padding=padding)
+    cfg = ModelConfig(arch=arch, depth=2, width=4, classes=classes, padding=padding,
+                      features=features)
     values = [0, 255] if classes == 2 else list(range(1, classes + 1))
     return SavedModel(build_model(cfg), cfg, Normalization(20.0, 220.0), values,
                       ["membrane", "cell"][:classes] if classes == 2 else [], {"steps": 3})
@@ -102,9 +103,11 @@ def test_import_runs_the_package_like_the_model_file(exported, capsys):
     assert set(np.unique(outs["pkg.zip", "labels"])) <= {0, 255}  # class values travel
 
 
-@pytest.mark.parametrize("arch,classes", [("unetpp", 1), ("resunet", 3)])
-def test_round_trip_other_networks(tmp_path, arch, classes):
-    saved = _saved(arch, classes)
+@pytest.mark.parametrize("arch,classes,features", [("unetpp", 1, "none"),
+                                                   ("resunet", 3, "none"),
+                                                   ("unet", 2, "multiscale")])
+def test_round_trip_other_networks(tmp_path, arch, classes, features):
+    saved = _saved(arch, classes, features=features)
     image = np.random.default_rng(0).integers(0, 255, (70, 52)).astype(np.uint8)
     export_bioimageio(saved, tmp_path / "p.zip", sample=image)
     back = load_any(tmp_path / "p.zip")

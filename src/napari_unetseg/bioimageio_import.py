@@ -128,6 +128,11 @@ def load_bioimageio(path: str | os.PathLike, device: str = "cpu") -> SavedModel:
     values = list(range(classes)) if classes > 1 else [1]
     if isinstance(ours, dict) and len(ours.get("class_values", [])) == classes:
         values = [int(v) for v in ours["class_values"]]
+    if isinstance(ours, dict) and isinstance(ours.get("model_config"), dict) and ours[
+            "model_config"].get("features") == "multiscale":
+        from .models.features import FilterBank
+
+        net.reach = FilterBank().radius
     meta = {"bioimageio": {"name": descr.name, "path": str(p), "min_size": min_size,
                            "step": step, "format_version": descr.format_version}}
     return SavedModel(net, cfg, pre, values, names, meta)
@@ -145,6 +150,7 @@ class PackagedNet(nn.Module):
 
     returns_probabilities = True
     margin = 0
+    reach = 0  # the exported network's filter-bank reach (set on import), added to the halo
 
     def __init__(self, program: Any, config: ModelConfig, min_size: int, step: int,
                  post: list[tuple[str, dict]]) -> None:

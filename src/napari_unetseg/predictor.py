@@ -130,8 +130,8 @@ def tile_geometry(
     if tile == "auto":
         tile = AUTO_TILE["cuda" if big else "other"]
     align, margin = 2**cfg.depth, int(getattr(model, "margin", 0))
-    bank = getattr(model, "features", None)  # the filter bank's reach comes on top
-    h = _resolve_halo(halo, margin, tile, align, getattr(bank, "radius", 0))
+    # the filter bank's reach comes on top
+    h = _resolve_halo(halo, margin, tile, align, int(getattr(model, "reach", 0)))
     if overlap == "auto":
         overlap = 0.0 if h or margin else AUTO_OVERLAP
     if margin:

@@ -303,7 +303,8 @@ def test_training_that_diverges_keeps_the_last_good_model(make_napari_viewer, no
         calls.append(1)
         if len(calls) == 11:  # NaN weights after step 11: the loss of step 12 is NaN
             with torch.no_grad():
-                next(s.model.parameters()).view(-1)[0] = float("nan")
+                first = next(s.model.parameters())  # channels_last: index, not view
+                first[(0,) * first.ndim] = float("nan")
         return loss
 
     monkeypatch.setattr(training, "_step", step)

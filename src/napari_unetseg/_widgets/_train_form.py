@@ -168,8 +168,8 @@ class TrainForm(QWidget):
         for label, field in (
             ("depth", self.depth), ("width", self.width), ("residual block", self.block),
             ("blocks per level", self.blocks), ("dropout", self.dropout), ("loss", self.loss),
-            ("", self.features), ("", self.augment), ("iterations", self.iterations), ("time budget", self.budget),
-            ("self-train every", self.self_training),
+            ("", self.features), ("", self.augment), ("iterations", self.iterations),
+            ("time budget", self.budget), ("self-train every", self.self_training),
             ("learning rate", self.lr), ("batch", self.batch), ("patch size", self.patch),
             ("device", self.device), ("preview every", self.preview_every),
         ):
@@ -270,8 +270,9 @@ class TrainForm(QWidget):
         extra = {k: self._hidden[k] for k in ("padding", "batchnorm") if k in self._hidden}
         return ModelConfig(
             arch=arch, depth=self.depth.value(), width=self.width.value(), classes=classes,
-            in_channels=in_channels, features=self._values()["features"], dropout=0.0 if arch == "unetpp" else round(
-                float(self.dropout.value()), 4), **residual, **extra,
+            in_channels=in_channels, features=self._values()["features"],
+            dropout=0.0 if arch == "unetpp" else round(float(self.dropout.value()), 4),
+            **residual, **extra,
         )
 
     def train_config(self) -> TrainConfig:

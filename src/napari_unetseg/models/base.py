@@ -93,6 +93,11 @@ class SegmentationNet(nn.Module):
         self.features = FilterBank() if config.features == "multiscale" else None
 
     @property
+    def reach(self) -> int:
+        """Pixels the filter bank reads beyond a pixel (0 without one); added to the halo."""
+        return 0 if self.features is None else self.features.radius
+
+    @property
     def input_channels(self) -> int:
         """Channels the first layer sees: the image's, times the filter bank's features."""
         c = self.config.in_channels
