@@ -106,6 +106,7 @@ def test_fast_preset_trains_strokes_with_features_and_self_training():
 
     model_kw, train_kw = split(preset("fast"))
     assert model_kw["features"] == "multiscale" and train_kw["self_training_s"] == 20.0
+    assert train_kw["bn_momentum"] == 0.5
     for other in ("paper", "wide", "resunet-em"):
         model_kw, train_kw = split(preset(other))
         assert model_kw.get("features", "none") == "none"

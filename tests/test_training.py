@@ -40,6 +40,22 @@ def test_loss_drops_on_touching_cells(cells):
     assert res.metadata["steps"] == 30 and res.metadata["labels_mode"] == "instances"
 
 
+def test_bn_momentum_sets_how_far_one_step_moves_the_running_statistics(cells):
+    """After one step from the initial statistics (mean 0), a BatchNorm running mean is
+    ``momentum * batch mean``: the same first batch with 0.5 gives 5x what 0.1 gives."""
+    image, inst = cells
+    means = {}
+    for m in (0.1, 0.5):
+        cfg = dataclasses.replace(FAST, iterations=1, val_fraction=0, bn_momentum=m)
+        res = fit(image, inst, TINY, cfg, labels_mode="instances")
+        bn = next(x for x in res.model.modules() if isinstance(x, torch.nn.BatchNorm2d))
+        means[m] = bn.running_mean.clone()
+    assert means[0.1].abs().max() > 1e-4
+    torch.testing.assert_close(means[0.5], 5 * means[0.1], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="bn_momentum"):
+        TrainConfig(bn_momentum=0.0)
+
+
 def test_seed_determinism(cells):
     image, inst = cells
     cfg = dataclasses.replace(FAST, augment=AugmentConfig(gamma=0.2))

@@ -29,7 +29,7 @@ _NUMBERS = {  # name: (lo, hi, integer)
     "w0": (0.0, 1e3, False), "sigma": (1e-3, 1e3, False),
     "patience": (0, 10_000_000, True), "consistency": (0.0, 1e3, False),
     "self_training_s": (0.0, 1e7, False), "pseudo_slices": (1, 100_000, True),
-    "pseudo_confidence": (0.5, 1.0, False),
+    "pseudo_confidence": (0.5, 1.0, False), "bn_momentum": (1e-3, 1.0, False),
 }
 
 
@@ -88,6 +88,12 @@ class TrainConfig:
         of training (0: off), ``pseudo_slices`` slices are predicted and their pixels of
         class probability >= ``pseudo_confidence`` become training targets where nothing is
         painted. Sparse labels only (dense and instance labels leave no pixel to fill).
+    bn_momentum : float
+        Momentum of the BatchNorm running statistics while training (PyTorch's 0.1 by
+        default): the share of each step's batch statistics in the statistics a preview, a
+        snapshot or the final model predicts with. In the first steps the weights move fast
+        and 0.1 lags behind them: a network 25 steps into training predicts nearly one class
+        with 0.1 and a usable map with 0.5 (docs/performance.md).
     """
 
     iterations: int = 2000
@@ -117,6 +123,7 @@ class TrainConfig:
     self_training_s: float = 0.0
     pseudo_slices: int = 6
     pseudo_confidence: float = 0.9
+    bn_momentum: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("val_slices", "ds_weights"):  # accept lists (e.g. from JSON)

@@ -526,6 +526,9 @@ def _samplers(s: _Setup) -> tuple[PatchSampler, list]:
 def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     cfg, model = s.cfg, s.model
     model.to(s.device).train()
+    for m in model.modules():  # how fast the running statistics follow the weights
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = cfg.bn_momentum
     if s.device.type in ("cuda", "cpu"):
         model.to(memory_format=torch.channels_last)
     opt = _optimizer(model, cfg, s.device)

@@ -34,13 +34,16 @@ def test_presets_and_configs(qtbot):
     # the fast preset feeds the network the multiscale filter bank, shown as a checkbox that
     # survives editing another field (the custom form keeps what is shown)
     assert form.features.isChecked() and form.model_config(classes=2).features == "multiscale"
+    assert form.train_config().bn_momentum == fast["bn_momentum"] == 0.5
+    assert form.train_config().self_training_s == fast["self_training_s"] == 20.0
     form.width.setValue(4)  # editing a preset field makes the preset "custom"
     assert form.preset.currentText() == "custom"
     assert form.model_config(classes=2).features == "multiscale"
+    assert form.train_config().bn_momentum == 0.5  # the recipe's, kept
     form.features.setChecked(False)
     assert form.model_config(classes=2).features == "none"
     form.preset.setCurrentText("wide (width 64, same padding)")
-    assert not form.features.isChecked()
+    assert not form.features.isChecked() and form.train_config().bn_momentum == 0.1
     form.features.setChecked(True)  # editing it makes a preset custom too
     assert form.preset.currentText() == "custom"
     form.features.setChecked(False)

@@ -148,6 +148,7 @@ class TrainForm(QWidget):
             "refresh the live preview of the slice on screen every so many seconds, and at "
             "once when you move to another slice (0 = no preview)")
         self._hidden: dict[str, object] = {}
+        self._bn_momentum = TrainConfig.bn_momentum
         self._layout()
         self.preset.currentTextChanged.connect(self.apply_preset)
         self.start_from.currentTextChanged.connect(self._start_changed)
@@ -223,6 +224,10 @@ class TrainForm(QWidget):
                 field.setValue(value)
             field.blockSignals(False)
         self._hidden = {k: values[k] for k in _HIDDEN if k in values}
+        # how fast BatchNorm statistics follow the weights: the preset's, kept when the
+        # shown fields are edited (a setting of the recipe, not of the network)
+        self._bn_momentum = float(core_presets.preset(PRESET_NAMES[name]).get(
+            "bn_momentum", TrainConfig.bn_momentum))
         self._start_changed()
 
     def _preset_values(self, values: dict[str, object]) -> dict[str, object]:
@@ -281,6 +286,7 @@ class TrainForm(QWidget):
             iterations=self.iterations.value(), batch_size=self.batch.value(),
             time_budget_s=float(self.budget.value()) or None,
             self_training_s=float(self.self_training.value()),
+            bn_momentum=self._bn_momentum,
             patch_size=self.patch.value(), lr=float(self.lr.value()),
             loss=self.loss.currentText(), device=self.device.currentText(),
             augment=AugmentConfig() if self.augment.isChecked() else AugmentConfig.off(),
