@@ -65,6 +65,7 @@ def _form_values(name: str) -> dict[str, object]:
             "dropout": v.get("dropout", 0.0), "loss": v.get("loss", "wce"),
             "lr": v.get("lr", 1e-3), "features": v.get("features", "none"),
             "self_training": float(v.get("self_training_s", 0.0)),
+            "bn_momentum": float(v.get("bn_momentum", TrainConfig.bn_momentum)),
             **{k: v[k] for k in _HIDDEN if k in v}}
 
 
@@ -226,8 +227,7 @@ class TrainForm(QWidget):
         self._hidden = {k: values[k] for k in _HIDDEN if k in values}
         # how fast BatchNorm statistics follow the weights: the preset's, kept when the
         # shown fields are edited (a setting of the recipe, not of the network)
-        self._bn_momentum = float(core_presets.preset(PRESET_NAMES[name]).get(
-            "bn_momentum", TrainConfig.bn_momentum))
+        self._bn_momentum = values["bn_momentum"]
         self._start_changed()
 
     def _preset_values(self, values: dict[str, object]) -> dict[str, object]:

@@ -97,6 +97,10 @@ class SegmentationNet(nn.Module):
         """Pixels the filter bank reads beyond a pixel (0 without one); added to the halo."""
         return 0 if self.features is None else self.features.radius
 
+    def apply_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The first layer's input: ``x`` through the filter bank, or ``x`` without one."""
+        return x if self.features is None else self.features(x)
+
     @property
     def input_channels(self) -> int:
         """Channels the first layer sees: the image's, times the filter bank's features."""
@@ -174,8 +178,7 @@ class SegmentationNet(nn.Module):
         weight = next(self.parameters(), None)
         if weight is not None and x.dtype != weight.dtype:
             x = x.to(weight.dtype)  # any float input; autocast then casts as usual
-        if self.features is not None:  # on the image as given, before any internal padding
-            x = self.features(x)
+        x = self.apply_features(x)  # on the image as given, before any internal padding
         if self.config.padding == "valid":
             return self._forward_padded(x, level)
         h, w = x.shape[-2:]

@@ -5,8 +5,8 @@ eigenvalues at Gaussian scales 1, 2, 4, 8, 16 px), computed inside the model.
 A network fed these features starts where a random forest on the same features starts, and
 learns context on top: from a few strokes it reaches a good segmentation in far fewer steps
 than from raw pixels (docs/performance.md, "the interactive loop"). The filters have no
-trainable weights and are not stored in model files (they are rebuilt from the scales in the
-model's config), so a model file stays weights plus JSON.
+trainable weights and are not stored in model files (they are rebuilt from the model's config,
+``features="multiscale"``), so a model file stays weights plus JSON.
 
 >>> import torch
 >>> bank = FilterBank((1.0, 2.0))
@@ -29,8 +29,12 @@ DEFAULT_SCALES: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
 _TRUNCATE = 3.0  # kernel radius in sigmas
 
 
+def _radius(sigma: float) -> int:
+    return max(1, int(math.ceil(_TRUNCATE * sigma)))
+
+
 def _gaussian(sigma: float) -> torch.Tensor:
-    r = max(1, int(math.ceil(_TRUNCATE * sigma)))
+    r = _radius(sigma)
     x = torch.arange(-r, r + 1, dtype=torch.float64)
     k = torch.exp(-(x**2) / (2 * sigma**2))
     return (k / k.sum()).float()
@@ -56,7 +60,7 @@ class FilterBank(nn.Module):
     @property
     def radius(self) -> int:
         """Pixels of context the widest kernel reads on each side."""
-        return max((getattr(self, f"g{i}").numel() - 1) // 2 for i in range(len(self.scales)))
+        return max(_radius(s) for s in self.scales)
 
     @property
     def per_channel(self) -> int:

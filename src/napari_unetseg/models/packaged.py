@@ -52,7 +52,5 @@ class ProbabilityNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities ``(N, K, H, W)`` of ``(N, C, H, W)``, H and W multiples of
         ``2**depth``."""
-        if self.net.features is not None:  # the fixed filter bank, as SegmentationNet.forward
-            x = self.net.features(x)
-        logits = self.net._forward_padded(x, self.level)
+        logits = self.net._forward_padded(self.net.apply_features(x), self.level)
         return torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=1)
