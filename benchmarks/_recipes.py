@@ -15,8 +15,8 @@ from napari_unetseg.training import TrainConfig, train
 #: "today": the CLI's sparse default before issue 10 (fast preset, ce, 10 % validation),
 #: trained by time. "raw": the loop's recipe on raw pixels (the previous sessions' default).
 #: "scribbles": what Train does by default from strokes: the fast preset (its network with the
-#: multiscale filter bank, ``features="multiscale"``, self-training every 20 s and BatchNorm
-#: momentum 0.5, see
+#: multiscale filter bank, ``features="multiscale"``, class-balanced self-training every 20 s
+#: (the surer half of each class) and BatchNorm momentum 0.5, see
 #: presets.py) with TrainConfig's defaults (wce: class-balanced strokes; 10 % of the strokes
 #: held out for validation). "scribbles-ce": the same with plain cross entropy and every
 #: stroke trained on.
@@ -27,10 +27,10 @@ RECIPES: dict[str, dict[str, Any]] = {
             "val_fraction": 0.0},
     "scribbles": {"depth": 4, "width": 16, "patch_size": 192, "batch_size": 4, "loss": "wce",
                   "val_fraction": 0.1, "features": "multiscale", "self_training_s": 20.0,
-                  "bn_momentum": 0.5},
+                  "pseudo_confidence": 0.5, "pseudo_portion": 0.5, "bn_momentum": 0.5},
     "scribbles-ce": {"depth": 4, "width": 16, "patch_size": 192, "batch_size": 4, "loss": "ce",
                      "val_fraction": 0.0, "features": "multiscale", "self_training_s": 20.0,
-                     "bn_momentum": 0.5},
+                     "pseudo_confidence": 0.5, "pseudo_portion": 0.5, "bn_momentum": 0.5},
 }
 
 #: recipe settings that are not ModelConfig / TrainConfig fields

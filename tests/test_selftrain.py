@@ -10,7 +10,7 @@ from napari_unetseg.augment import AugmentConfig
 from napari_unetseg.config import ModelConfig
 from napari_unetseg.data import IGNORE, prepare_data
 from napari_unetseg.models import build_model
-from napari_unetseg.selftrain import PseudoLabels
+from napari_unetseg.selftrain import PseudoLabels, confident
 from napari_unetseg.strokes import membrane_strokes
 from napari_unetseg.synthetic import membrane_labels, touching_cells
 from napari_unetseg.training import TrainConfig, fit
@@ -48,6 +48,18 @@ def test_pseudo_labels_fill_only_unpainted_pixels_and_follow_confidence(stack):
     sure.apply(data)
     assert np.array_equal(sure.update(model, torch.device("cpu"), 0.0).train_target,
                           data.train_target)
+
+
+def test_class_balanced_pseudo_labels_keep_the_surest_share_of_each_class():
+    # class 0 predicted on 6 pixels (p 0.99, 0.98, 0.97, 0.96, 0.95, 0.6), class 1 on 2 (0.9, 0.7)
+    p1 = np.array([0.01, 0.02, 0.03, 0.04, 0.05, 0.4, 0.9, 0.7], np.float32)
+    probs = np.stack([1 - p1, p1])[None, :, None, :]  # (N=1, K=2, H=1, W=8)
+    cls, sure = confident(probs, 0.5)
+    assert cls.tolist() == [[[0, 0, 0, 0, 0, 0, 1, 1]]] and sure.all()
+    _, half = confident(probs, 0.5, portion=0.5)  # the surer half of each class
+    assert half[0, 0].tolist() == [True, True, True, False, False, False, True, False]
+    _, both = confident(probs, 0.95, portion=0.5)  # and the confidence floor still holds
+    assert both[0, 0].tolist() == [True, True, True, False, False, False, False, False]
 
 
 def test_pseudo_labels_count_in_a_weighted_loss(stack):
@@ -99,6 +111,34 @@ def test_training_runs_rounds_on_its_clock(stack):
     assert res.metadata["pseudo_rounds"] == 0
 
 
+def test_training_takes_the_class_balanced_share_of_pseudo_labels(stack, monkeypatch):
+    import napari_unetseg.selftrain as selftrain
+    from napari_unetseg.training import train
+
+    image, strokes = stack
+    seen = []
+
+    def spy(probs, confidence, portion=1.0):
+        seen.append((confidence, portion))
+        return confident(probs, confidence, portion)
+
+    monkeypatch.setattr(selftrain, "confident", spy)
+    n = [0]
+
+    def clock() -> float:
+        n[0] += 1
+        return float(n[0])
+
+    cfg = TrainConfig(iterations=2, batch_size=2, patch_size=32, device="cpu", val_fraction=0,
+                      augment=AugmentConfig.off(), self_training_s=1.0, pseudo_slices=2,
+                      pseudo_confidence=0.5, pseudo_portion=0.25)
+    run = train(image, strokes, TINY, cfg, clock=clock)
+    for _ in run:
+        pass
+    assert seen and set(seen) == {(0.5, 0.25)}
+    assert ((run.data.train_target >= 0) & (strokes == 0)).any()  # the round's labels are used
+
+
 def test_fast_preset_trains_strokes_with_features_and_self_training():
     """The loop's defaults (docs/performance.md): what the CLI, the widget and the
     benchmark's "scribbles" recipe take from the fast preset."""
@@ -107,6 +147,8 @@ def test_fast_preset_trains_strokes_with_features_and_self_training():
     model_kw, train_kw = split(preset("fast"))
     assert model_kw["features"] == "multiscale" and train_kw["self_training_s"] == 20.0
     assert train_kw["bn_momentum"] == 0.5
+    # class-balanced pseudo labels: the surer half of each class (no drift to one class)
+    assert (train_kw["pseudo_portion"], train_kw["pseudo_confidence"]) == (0.5, 0.5)
     for other in ("paper", "wide", "resunet-em"):
         model_kw, train_kw = split(preset(other))
         assert model_kw.get("features", "none") == "none"
@@ -118,3 +160,5 @@ def test_config_bounds():
         TrainConfig(pseudo_confidence=0.3)
     with pytest.raises(ValueError, match="self_training_s"):
         TrainConfig(self_training_s=-1.0)
+    with pytest.raises(ValueError, match="pseudo_portion"):
+        TrainConfig(pseudo_portion=0.0)

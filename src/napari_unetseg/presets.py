@@ -5,9 +5,11 @@
                ISBI 2012 in ``benchmarks/isbi.py``, see docs/performance.md), fed by the
                multiscale filter bank (``features="multiscale"``), which makes it learn from
                a few strokes within a minute, and, from strokes (sparse labels), trained
-               on its own confident predictions every 20 s (self-training,
-               ``self_training_s``), with BatchNorm statistics that follow the weights
-               within a few steps (``bn_momentum`` 0.5), so the first previews are usable
+               on its own surest predictions every 20 s (self-training,
+               ``self_training_s``; class-balanced: the surer half of the pixels
+               predicted as each class, ``pseudo_portion``, so that it does not drift),
+               with BatchNorm statistics that follow the weights within a few steps
+               (``bn_momentum`` 0.5), so the first previews are usable
                (``benchmarks/scribbles.py``).
 ``paper``      Ronneberger et al. (2015), as the paper trains it: the unpadded ("valid")
                U-Net of width 64 and depth 4 without BatchNorm, dropout at the end of the
@@ -30,7 +32,7 @@ from typing import Any
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"arch": "unet", "depth": 4, "width": 16, "iterations": 400, "patch_size": 192,
              "batch_size": 4, "features": "multiscale", "self_training_s": 20.0,
-             "bn_momentum": 0.5},
+             "pseudo_confidence": 0.5, "pseudo_portion": 0.5, "bn_momentum": 0.5},
     "paper": {"arch": "unet", "depth": 4, "width": 64, "padding": "valid", "batchnorm": False,
               "dropout": 0.5, "iterations": 2000, "patch_size": 572, "batch_size": 1,
               "optimizer": "sgd", "lr": 1e-3, "loss": "wce", "w0": 10.0, "sigma": 5.0},
@@ -47,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 MODEL_KEYS = ("depth", "width", "padding", "batchnorm", "block", "blocks_per_level", "dropout",
               "features")
 TRAIN_KEYS = ("iterations", "patch_size", "batch_size", "optimizer", "lr", "loss", "w0",
-              "sigma", "self_training_s", "bn_momentum")
+              "sigma", "self_training_s", "pseudo_confidence", "pseudo_portion", "bn_momentum")
 
 
 def preset(name: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ _NUMBERS = {  # name: (lo, hi, integer)
     "patience": (0, 10_000_000, True), "consistency": (0.0, 1e3, False),
     "self_training_s": (0.0, 1e7, False), "pseudo_slices": (1, 100_000, True),
     "pseudo_confidence": (0.5, 1.0, False), "bn_momentum": (1e-3, 1.0, False),
+    "pseudo_portion": (1e-3, 1.0, False),
 }
 
 
@@ -88,6 +89,10 @@ class TrainConfig:
         of training (0: off), ``pseudo_slices`` slices are predicted and their pixels of
         class probability >= ``pseudo_confidence`` become training targets where nothing is
         painted. Sparse labels only (dense and instance labels leave no pixel to fill).
+    pseudo_portion : float
+        Class-balanced self-training: of the pixels predicted as each class, only this most
+        confident share (and at least ``pseudo_confidence``) becomes a pseudo label, so a
+        class the network is surer of cannot crowd out the others (Zou et al. 2018); 1: off.
     bn_momentum : float
         Momentum of the BatchNorm running statistics while training (PyTorch's 0.1 by
         default): the share of each step's batch statistics in the statistics a preview, a
@@ -123,6 +128,7 @@ class TrainConfig:
     self_training_s: float = 0.0
     pseudo_slices: int = 6
     pseudo_confidence: float = 0.9
+    pseudo_portion: float = 1.0
     bn_momentum: float = 0.1
 
     def __post_init__(self) -> None:

@@ -543,7 +543,8 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     if s.init is not None:
         _start_from_init(s)
     if cfg.self_training_s > 0 and s.data.labels_mode == "sparse":  # dense: nothing to fill
-        s.pseudo = PseudoLabels(cfg.self_training_s, cfg.pseudo_slices, cfg.pseudo_confidence)
+        s.pseudo = PseudoLabels(cfg.self_training_s, cfg.pseudo_slices, cfg.pseudo_confidence,
+                                cfg.pseudo_portion)
         s.data = s.pseudo.apply(s.data)
 
     def keep_if_best(val: tuple[float, float], step: int) -> bool:

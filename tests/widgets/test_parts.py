@@ -40,10 +40,12 @@ def test_presets_and_configs(qtbot):
     assert form.preset.currentText() == "custom"
     assert form.model_config(classes=2).features == "multiscale"
     assert form.train_config().bn_momentum == 0.5  # the recipe's, kept
+    assert form.train_config().pseudo_portion == fast["pseudo_portion"] == 0.5
     form.features.setChecked(False)
     assert form.model_config(classes=2).features == "none"
     form.preset.setCurrentText("wide (width 64, same padding)")
     assert not form.features.isChecked() and form.train_config().bn_momentum == 0.1
+    assert form.train_config().pseudo_portion == 1.0
     form.features.setChecked(True)  # editing it makes a preset custom too
     assert form.preset.currentText() == "custom"
     form.features.setChecked(False)

@@ -53,6 +53,10 @@ PRESET_NAMES = {
 _SHOWN = ("arch", "depth", "width", "iterations", "patch", "batch", "block", "blocks",
           "dropout", "loss", "lr", "features", "self_training")
 _HIDDEN = ("padding", "batchnorm", "optimizer", "blocks_per_level")
+#: TrainConfig settings of a preset's recipe without a field of their own, kept when the shown
+#: fields are edited: how fast BatchNorm statistics follow the weights, and which predictions
+#: self-training takes as pseudo labels
+_RECIPE = ("bn_momentum", "pseudo_confidence", "pseudo_portion")
 
 
 def _form_values(name: str) -> dict[str, object]:
@@ -65,7 +69,7 @@ def _form_values(name: str) -> dict[str, object]:
             "dropout": v.get("dropout", 0.0), "loss": v.get("loss", "wce"),
             "lr": v.get("lr", 1e-3), "features": v.get("features", "none"),
             "self_training": float(v.get("self_training_s", 0.0)),
-            "bn_momentum": float(v.get("bn_momentum", TrainConfig.bn_momentum)),
+            **{k: float(v.get(k, getattr(TrainConfig, k))) for k in _RECIPE},
             **{k: v[k] for k in _HIDDEN if k in v}}
 
 
@@ -122,8 +126,9 @@ class TrainForm(QWidget):
         self.self_training.setSuffix(" s")
         self.self_training.setSpecialValueText("off")
         self.self_training.setToolTip(
-            "strokes only: every so many seconds, the network's confident predictions on a few "
-            "slices become extra training targets where nothing is painted (off: 0)")
+            "strokes only: every so many seconds, the network's surest predictions on a few "
+            "slices (fast preset: the surer half of each class) become extra training targets "
+            "where nothing is painted (off: 0)")
         self.augment = QCheckBox("augmentation (flips, rotations, elastic)")
         self.augment.setChecked(True)
         self.iterations, self.batch = _spin(1, 1_000_000, 300, 50), _spin(1, 256, 4)
@@ -149,7 +154,7 @@ class TrainForm(QWidget):
             "refresh the live preview of the slice on screen every so many seconds, and at "
             "once when you move to another slice (0 = no preview)")
         self._hidden: dict[str, object] = {}
-        self._bn_momentum = TrainConfig.bn_momentum
+        self._recipe = {k: getattr(TrainConfig, k) for k in _RECIPE}
         self._layout()
         self.preset.currentTextChanged.connect(self.apply_preset)
         self.start_from.currentTextChanged.connect(self._start_changed)
@@ -225,9 +230,7 @@ class TrainForm(QWidget):
                 field.setValue(value)
             field.blockSignals(False)
         self._hidden = {k: values[k] for k in _HIDDEN if k in values}
-        # how fast BatchNorm statistics follow the weights: the preset's, kept when the
-        # shown fields are edited (a setting of the recipe, not of the network)
-        self._bn_momentum = values["bn_momentum"]
+        self._recipe = {k: values[k] for k in _RECIPE}  # the preset's, kept through edits
         self._start_changed()
 
     def _preset_values(self, values: dict[str, object]) -> dict[str, object]:
@@ -286,7 +289,7 @@ class TrainForm(QWidget):
             iterations=self.iterations.value(), batch_size=self.batch.value(),
             time_budget_s=float(self.budget.value()) or None,
             self_training_s=float(self.self_training.value()),
-            bn_momentum=self._bn_momentum,
+            **self._recipe,
             patch_size=self.patch.value(), lr=float(self.lr.value()),
             loss=self.loss.currentText(), device=self.device.currentText(),
             augment=AugmentConfig() if self.augment.isChecked() else AugmentConfig.off(),
