@@ -15,7 +15,7 @@ training nor validation strokes, and are never used for validation. Measured in
 ``benchmarks/scribbles.py`` (docs/performance.md): with the plain rule (p >= 0.9) a run can
 drift after a minute, the membranes growing onto organelles or thinning into gaps; the fast
 preset's class-balanced rounds (the surer half of each class, ``pseudo_portion=0.5``) held
-every run at V_Rand 0.82 or more at 180 s.
+every run at V_Rand 0.818 or more at 180 s.
 """
 
 from __future__ import annotations
