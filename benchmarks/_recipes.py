@@ -10,6 +10,7 @@ import numpy as np
 from _loop import Run, _copy, rf_features, rf_fit, snapshots
 
 from napari_unetseg import ModelConfig
+from napari_unetseg.presets import preset
 from napari_unetseg.training import TrainConfig, train
 
 #: "today": the CLI's sparse default before issue 10 (fast preset, ce, 10 % validation),
@@ -20,17 +21,15 @@ from napari_unetseg.training import TrainConfig, train
 #: presets.py) with TrainConfig's defaults (wce: class-balanced strokes; 10 % of the strokes
 #: held out for validation). "scribbles-ce": the same with plain cross entropy and every
 #: stroke trained on.
+#: the fast preset as Train takes it, trained by time (a run's budget replaces its iterations)
+_FAST = {k: v for k, v in preset("fast").items() if k != "iterations"}
 RECIPES: dict[str, dict[str, Any]] = {
     "today": {"depth": 4, "width": 16, "patch_size": 192, "batch_size": 4, "loss": "ce",
               "val_fraction": 0.1},
     "raw": {"depth": 4, "width": 16, "patch_size": 192, "batch_size": 4, "loss": "ce",
             "val_fraction": 0.0},
-    "scribbles": {"depth": 4, "width": 16, "patch_size": 192, "batch_size": 4, "loss": "wce",
-                  "val_fraction": 0.1, "features": "multiscale", "self_training_s": 20.0,
-                  "pseudo_confidence": 0.5, "pseudo_portion": 0.5, "bn_momentum": 0.5},
-    "scribbles-ce": {"depth": 4, "width": 16, "patch_size": 192, "batch_size": 4, "loss": "ce",
-                     "val_fraction": 0.0, "features": "multiscale", "self_training_s": 20.0,
-                     "pseudo_confidence": 0.5, "pseudo_portion": 0.5, "bn_momentum": 0.5},
+    "scribbles": {**_FAST, "loss": "wce", "val_fraction": 0.1},
+    "scribbles-ce": {**_FAST, "loss": "ce", "val_fraction": 0.0},
 }
 
 #: recipe settings that are not ModelConfig / TrainConfig fields
