@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from _loop import Run, _copy, rf_features, rf_fit, snapshots
+from _loop import Run, _copy, snapshots
 
 from napari_unetseg import ModelConfig
 from napari_unetseg.presets import preset
@@ -16,11 +16,11 @@ from napari_unetseg.training import TrainConfig, train
 #: "today": the CLI's sparse default before issue 10 (fast preset, ce, 10 % validation),
 #: trained by time. "raw": the loop's recipe on raw pixels (the previous sessions' default).
 #: "scribbles": what Train does by default from strokes: the fast preset (its network with the
-#: multiscale filter bank, ``features="multiscale"``, class-balanced self-training every 20 s
-#: (the surer half of each class) and BatchNorm momentum 0.5, see
-#: presets.py) with TrainConfig's defaults (wce: class-balanced strokes; 10 % of the strokes
-#: held out for validation). "scribbles-ce": the same with plain cross entropy and every
-#: stroke trained on.
+#: multiscale filter bank, ``features="multiscale"``, the random-forest teacher's sure pixels
+#: on 4 slices, ``teacher="forest"``, class-balanced self-training every 20 s (the surer half
+#: of each class) and BatchNorm momentum 0.5, see presets.py) with TrainConfig's defaults
+#: (wce: class-balanced strokes; 10 % of the strokes held out for validation).
+#: "scribbles-ce": the same with plain cross entropy and every stroke trained on.
 #: the fast preset as Train takes it, trained by time (a run's budget replaces its iterations)
 _FAST = {k: v for k, v in preset("fast").items() if k != "iterations"}
 RECIPES: dict[str, dict[str, Any]] = {
@@ -33,9 +33,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 #: recipe settings that are not ModelConfig / TrainConfig fields
-_EXTRA = {"teacher": None, "teacher_slices": 4, "teacher_conf": 0.8, "pretrain_s": 0,
-          "pretrain_patch": 96, "pretrain_batch": 8, "pretrain_lr": 2e-3, "ema": 0.0,
-          "self_train_at": (), "self_train_slices": 6, "self_train_conf": 0.9,
+_EXTRA = {"pretrain_s": 0, "pretrain_patch": 96, "pretrain_batch": 8, "pretrain_lr": 2e-3,
+          "ema": 0.0, "self_train_at": (), "self_train_slices": 6, "self_train_conf": 0.9,
           "self_train_pool": 0, "self_train_tta": False}
 _MODEL = {f.name for f in dataclasses.fields(ModelConfig)}
 _TRAIN = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -67,15 +66,11 @@ def deep_run(task: dict, recipe: str, overrides: list[str], marks: list[float], 
         resume, pre = _pretrain(task, mc, s, clock, seed)
     t0 = clock()
     image, labels = task["image"], task["strokes"]
-    if s["teacher"] == "rf":
-        image, labels = rf_pseudo_labels(image, labels, s["teacher_slices"], s["teacher_conf"],
-                                         seed)
-    offset = clock() - t0
     tc = TrainConfig(**{"iterations": 10_000_000, "device": "cpu", "log_every": 1,
-                        "seed": seed, "time_budget_s": max(marks) - offset, **train_kw})
+                        "seed": seed, "time_budget_s": max(marks), **train_kw})
     gen = train(image, labels, mc, tc, clock=clock, resume=resume)
     hook = _self_training(image, task["strokes"], s) if s["self_train_at"] else None
-    run = snapshots(gen, marks, clock, t0, offset, ema=s["ema"], hook=hook)
+    run = snapshots(gen, marks, clock, t0, ema=s["ema"], hook=hook)
     run.settings = {**s, **pre}
     return run
 
@@ -112,17 +107,6 @@ def _confident(prob: np.ndarray, values: list[int], conf: float, strokes: np.nda
     out[sure] = np.asarray(values, np.uint8)[prob.argmax(0)[sure]]
     out[strokes > 0] = strokes[strokes > 0]
     return out
-
-
-def rf_pseudo_labels(image, strokes, n_slices: int, conf: float, seed: int):
-    """Strokes plus the random forest's confident predictions on ``n_slices`` slices."""
-    rf = rf_fit(image, strokes, seed=seed)
-    out = strokes.copy()
-    for z in _pick(strokes, n_slices):
-        f = rf_features(image[z])
-        p = rf.predict_proba(f.reshape(-1, f.shape[-1])).T.reshape(-1, *image.shape[1:])
-        out[z] = _confident(p, list(rf.classes_), conf, strokes[z])
-    return image, out
 
 
 def _self_training(image, strokes, s: dict):

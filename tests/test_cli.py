@@ -168,11 +168,14 @@ def test_presets_and_architecture_options_reach_the_model(em_files, capsys):
     saved = load_model(d / "f.unetseg")
     assert saved.config.features == "multiscale"
     assert saved.metadata["train_config"]["self_training_s"] == 20.0
+    assert saved.metadata["train_config"]["teacher"] == "forest"
     assert main(["train", str(d / "img.tif"), str(d / "lab.tif"), "-o", str(d / "n.unetseg"),
-                 "--slices", "0:1", "--features", "none", "--self-training", "0", *TINY]) == 0
+                 "--slices", "0:1", "--features", "none", "--self-training", "0",
+                 "--teacher", "none", *TINY]) == 0
     saved = load_model(d / "n.unetseg")
     assert saved.config.features == "none"
     assert saved.metadata["train_config"]["self_training_s"] == 0.0
+    assert saved.metadata["train_config"]["teacher"] == "none"
     capsys.readouterr()
 
 

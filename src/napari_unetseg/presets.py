@@ -32,7 +32,8 @@ from typing import Any
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"arch": "unet", "depth": 4, "width": 16, "iterations": 400, "patch_size": 192,
              "batch_size": 4, "features": "multiscale", "self_training_s": 20.0,
-             "pseudo_confidence": 0.5, "pseudo_portion": 0.5, "bn_momentum": 0.5},
+             "pseudo_confidence": 0.5, "pseudo_portion": 0.5, "bn_momentum": 0.5,
+             "teacher": "forest"},
     "paper": {"arch": "unet", "depth": 4, "width": 64, "padding": "valid", "batchnorm": False,
               "dropout": 0.5, "iterations": 2000, "patch_size": 572, "batch_size": 1,
               "optimizer": "sgd", "lr": 1e-3, "loss": "wce", "w0": 10.0, "sigma": 5.0},
@@ -49,7 +50,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 MODEL_KEYS = ("depth", "width", "padding", "batchnorm", "block", "blocks_per_level", "dropout",
               "features")
 TRAIN_KEYS = ("iterations", "patch_size", "batch_size", "optimizer", "lr", "loss", "w0",
-              "sigma", "self_training_s", "pseudo_confidence", "pseudo_portion", "bn_momentum")
+              "sigma", "self_training_s", "pseudo_confidence", "pseudo_portion", "bn_momentum",
+              "teacher")
 
 
 def preset(name: str) -> dict[str, Any]:

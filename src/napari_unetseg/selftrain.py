@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .data import IGNORE, TrainingData
+from .targets import class_balance
 
 __all__ = ["PseudoLabels", "confident"]
 
@@ -66,24 +67,32 @@ class PseudoLabels:
         Of the round's pixels predicted as each class, only this most confident share may
         become pseudo labels (class-balanced self-training); 1: every pixel above
         ``confidence``.
+    balance : bool
+        With a weight map, weigh the strokes and a teacher's targets together by the inverse
+        frequency of their classes (as the strokes alone are weighed, ``class_balance``):
+        the teacher's targets are mostly the larger class.
     """
 
     def __init__(self, every_s: float, slices: int, confidence: float,
-                 portion: float = 1.0) -> None:
+                 portion: float = 1.0, balance: bool = True) -> None:
         self.every_s, self.slices, self.confidence = every_s, slices, confidence
-        self.portion = portion
+        self.portion, self.balance = portion, balance
         self.next_s = every_s
         self.rounds = 0
         self._turn = 0
         self.targets: dict[int, np.ndarray] = {}  # slice -> (H, W) int16 class or IGNORE
+        #: a teacher's targets (:mod:`napari_unetseg.teacher`), under the strokes and over
+        #: the network's own; their slices count as painted in :meth:`pick`
+        self.taught: dict[int, np.ndarray] = {}
         self.base: TrainingData | None = None  # the data with the user's strokes only
 
     def due(self, elapsed_s: float) -> bool:
-        return elapsed_s >= self.next_s
+        return self.every_s > 0 and elapsed_s >= self.next_s
 
     def pick(self, data: TrainingData) -> list[int]:
-        """The slices of this round: the painted ones, then the next others in turn."""
-        painted = sorted({*data.train_slices, *data.val_slices})
+        """The slices of this round: the painted (or taught) ones, then the next others in
+        turn."""
+        painted = sorted({*data.train_slices, *data.val_slices, *self.taught})
         others = [z for z in range(len(data.image)) if z not in painted]
         n = min(len(others), max(0, self.slices - len(painted)))
         rest = [others[(self._turn + i) % len(others)] for i in range(n)]
@@ -115,19 +124,28 @@ class PseudoLabels:
 
     def apply(self, data: TrainingData) -> TrainingData:
         """``data`` (with the user's strokes only: it is kept for the next rounds) with the
-        pseudo labels filling the pixels that carry no stroke; with a weight map (a weighted
-        loss) a pseudo label weighs 1, the mean weight of the strokes."""
+        teacher's targets, then the pseudo labels, filling the pixels that carry no stroke.
+        With a weight map (a weighted loss) a pseudo label weighs 1, the mean weight of the
+        strokes; the strokes and the teacher's targets are weighed together by the inverse
+        frequency of their classes (``balance``; else a teacher's target weighs 1 too)."""
         self.base = data
-        if not self.targets:
+        if not (self.targets or self.taught):
             return data
         train = data.train_target.copy()
         weight = None if data.weight is None else data.weight.copy()
-        for z, target in self.targets.items():
-            free = train[z] == IGNORE
-            if data.val_target is not None:
-                free &= data.val_target[z] == IGNORE
-            train[z][free] = target[free]
-            if weight is not None:  # the strokes keep theirs (mean 1); a pseudo label: 1
-                weight[z][free & (target != IGNORE)] = 1.0
+
+        def fill(targets: dict[int, np.ndarray]) -> None:
+            for z, target in targets.items():
+                free = train[z] == IGNORE
+                if data.val_target is not None:
+                    free &= data.val_target[z] == IGNORE
+                train[z][free] = target[free]
+                if weight is not None:  # the strokes keep theirs (mean 1); a pseudo label: 1
+                    weight[z][free & (target != IGNORE)] = 1.0
+
+        fill(self.taught)
+        if self.taught and weight is not None and self.balance:
+            weight = class_balance(train, data.num_classes)  # the strokes and the teacher's
+        fill(self.targets)
         slices = tuple(i for i in range(len(train)) if (train[i] >= 0).any())
         return replace(data, train_target=train, weight=weight, train_slices=slices)

@@ -19,6 +19,7 @@ _CHOICES = {
     "optimizer": ("adam", "sgd"),
     "schedule": ("cosine", "constant", "poly"),
     "loss": ("wce", "ce", "dice", "bce_dice"),
+    "teacher": ("none", "forest"),
 }
 _NUMBERS = {  # name: (lo, hi, integer)
     "iterations": (1, 10_000_000, True), "batch_size": (1, 4096, True),
@@ -30,7 +31,8 @@ _NUMBERS = {  # name: (lo, hi, integer)
     "patience": (0, 10_000_000, True), "consistency": (0.0, 1e3, False),
     "self_training_s": (0.0, 1e7, False), "pseudo_slices": (1, 100_000, True),
     "pseudo_confidence": (0.5, 1.0, False), "bn_momentum": (1e-3, 1.0, False),
-    "pseudo_portion": (1e-3, 1.0, False),
+    "pseudo_portion": (1e-3, 1.0, False), "teacher_slices": (1, 100_000, True),
+    "teacher_confidence": (0.5, 1.0, False),
 }
 
 
@@ -93,6 +95,12 @@ class TrainConfig:
         Class-balanced self-training: of the pixels predicted as each class, only this most
         confident share (and at least ``pseudo_confidence``) becomes a pseudo label, so a
         class the network is surer of cannot crowd out the others (Zou et al. 2018); 1: off.
+    teacher, teacher_slices, teacher_confidence
+        Strokes only: ``"forest"`` fits a random forest on the strokes' multiscale features
+        (:mod:`napari_unetseg.teacher`) and, where nothing is painted, trains on the pixels of
+        ``teacher_slices`` slices it predicts with a probability of at least
+        ``teacher_confidence`` (the time it takes counts as training time; refit after new
+        strokes). ``"none"``: off.
     bn_momentum : float
         Momentum of the BatchNorm running statistics while training (PyTorch's 0.1 by
         default): the share of each step's batch statistics in the statistics a preview, a
@@ -130,6 +138,9 @@ class TrainConfig:
     pseudo_confidence: float = 0.9
     pseudo_portion: float = 1.0
     bn_momentum: float = 0.1
+    teacher: str = "none"
+    teacher_slices: int = 4
+    teacher_confidence: float = 0.8
 
     def __post_init__(self) -> None:
         for name in ("val_slices", "ds_weights"):  # accept lists (e.g. from JSON)

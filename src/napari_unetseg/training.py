@@ -49,6 +49,7 @@ from .models.unetpp import mean_probability_logits
 from .normalize import Normalization
 from .sampler import PatchSampler
 from .selftrain import PseudoLabels
+from .teacher import ForestTeacher
 from .train_config import TrainConfig, TrainEvent, TrainResult
 
 __all__ = [
@@ -89,6 +90,7 @@ class _Setup:
     init: dict[str, Any] | None = None  # metadata of the init: name, fresh tensors, ...
     teacher: torch.nn.Module | None = None  # frozen starting model (consistency term)
     pseudo: PseudoLabels | None = None  # self-training rounds (cfg.self_training_s)
+    forest: ForestTeacher | None = None  # the random-forest teacher (cfg.teacher)
     best: dict[str, Any] = field(default_factory=lambda: {"dice": -1.0, "step": 0,
                                                           "state": None})
 
@@ -288,6 +290,11 @@ class TrainRun(Generator):
         """The best weights so far: ``{"dice", "step", "state"}`` (``state``: a CPU state
         dict, None before the first validation; step 0 is the starting weights)."""
         return self._setup.best
+
+    @property
+    def forest(self) -> ForestTeacher | None:
+        """The random-forest teacher (``TrainConfig.teacher``), or None."""
+        return self._setup.forest
 
     @property
     def data(self) -> TrainingData:
@@ -542,10 +549,13 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     best = s.best
     if s.init is not None:
         _start_from_init(s)
-    if cfg.self_training_s > 0 and s.data.labels_mode == "sparse":  # dense: nothing to fill
+    sparse = s.data.labels_mode == "sparse"  # dense and instance labels: nothing to fill
+    if sparse and (cfg.self_training_s > 0 or cfg.teacher != "none"):
         s.pseudo = PseudoLabels(cfg.self_training_s, cfg.pseudo_slices, cfg.pseudo_confidence,
-                                cfg.pseudo_portion)
+                                cfg.pseudo_portion, cfg.class_balance)
         s.data = s.pseudo.apply(s.data)
+    if sparse and cfg.teacher == "forest":
+        s.forest = ForestTeacher(cfg.teacher_slices, cfg.teacher_confidence, cfg.seed)
 
     def keep_if_best(val: tuple[float, float], step: int) -> bool:
         if not (val[1] > best["dice"] and math.isfinite(val[0])):
@@ -575,6 +585,12 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
             stale = 0
         if budget is not None or s.pseudo is not None:
             used = (time.perf_counter() if s.clock is None else s.clock()) - c0
+        if not stopped and s.forest is not None and s.forest.due(s.pseudo.base, used):
+            s.pseudo.taught = s.forest.targets(s.pseudo.base, used)  # its time counts
+            s.data = s.pseudo.apply(s.pseudo.base)
+            positions = sampler.generator
+            sampler, _ = _samplers(s)
+            sampler.generator = positions
         if not stopped and s.pseudo is not None and step and s.pseudo.due(used):
             s.data = s.pseudo.update(model, s.device, used)  # the time it takes counts
             positions = sampler.generator
@@ -615,6 +631,11 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     result = _result(s, history, best, step, seen, time.perf_counter() - t0, stopped, timeout)
     result.metadata["early_stopped"] = early
     result.metadata["pseudo_rounds"] = 0 if s.pseudo is None else s.pseudo.rounds
+    if s.forest is not None:
+        result.metadata.update(teacher_fits=s.forest.fits,
+                               teacher_s=round(s.forest.seconds, 2),
+                               teacher_pixels=int(sum((t >= 0).sum()
+                                                      for t in s.pseudo.taught.values())))
     if "start_dice" in best:
         result.metadata["start_val_dice"] = best["start_dice"]
     return result

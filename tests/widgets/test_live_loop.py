@@ -136,6 +136,32 @@ def test_previews_come_every_few_seconds(viewer, image, scribbles, train_tiny, c
     assert (gaps >= 0.4).all() and len(train.loss_plot.data["train"]) > 4
 
 
+def test_the_first_preview_is_the_forest_teachers_then_the_networks(
+        viewer, image, gt, scribbles, train_tiny, click, qtbot, wait_job, monkeypatch):
+    shown = []
+    real = _live.show_preview
+    monkeypatch.setattr("napari_unetseg._widgets.train.show_preview",
+                        lambda *a: shown.append(a[-1]) or real(*a))
+    train = train_tiny(arch="U-Net", iterations=FOREVER, preview_every=0.5)
+    assert train.form.teacher.isChecked()  # the fast preset's
+    click(train.train_button)
+    qtbot.waitUntil(lambda: len(shown) >= 3, timeout=30_000)
+    click(train.cancel_button)
+    wait_job(train)
+    first = shown[0]
+    assert first.by == "forest" and {p.by for p in shown[1:]} == {"network"}
+    truth = np.asarray(gt.data[first.z])
+    assert set(np.unique(first.labels)) == {1, 2} and (first.labels == truth).mean() > 0.7
+    shown.clear()
+    train.form.teacher.setChecked(False)  # no teacher: the network's from the start
+    click(train.train_button)
+    qtbot.waitUntil(lambda: len(shown) >= 1, timeout=30_000)
+    click(train.cancel_button)
+    wait_job(train)
+    assert shown[0].by == "network"
+    assert "teacher_fits" not in train.result.metadata
+
+
 @pytest.fixture
 def validate_often(monkeypatch):
     """Validate every 2 steps with scripted Dice values; remember the weights of the best."""

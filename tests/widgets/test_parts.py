@@ -41,10 +41,16 @@ def test_presets_and_configs(qtbot):
     assert form.model_config(classes=2).features == "multiscale"
     assert form.train_config().bn_momentum == 0.5  # the recipe's, kept
     assert form.train_config().pseudo_portion == fast["pseudo_portion"] == 0.5
+    # the random-forest teacher: a checkbox, on in the fast preset, kept through edits
+    assert form.teacher.isChecked() and form.train_config().teacher == fast["teacher"]
     form.features.setChecked(False)
     assert form.model_config(classes=2).features == "none"
+    assert form.train_config().teacher == "forest"
+    form.teacher.setChecked(False)
+    assert form.train_config().teacher == "none"
     form.preset.setCurrentText("wide (width 64, same padding)")
     assert not form.features.isChecked() and form.train_config().bn_momentum == 0.1
+    assert not form.teacher.isChecked() and form.train_config().teacher == "none"
     assert form.train_config().pseudo_portion == 1.0
     form.features.setChecked(True)  # editing it makes a preset custom too
     assert form.preset.currentText() == "custom"

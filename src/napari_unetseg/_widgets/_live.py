@@ -4,8 +4,11 @@
   painted meanwhile reach the run through :meth:`LiveTraining.update_labels` (any thread) and
   enter its training set before its next step. Every ``every_s`` seconds, and at once when
   the user moves to another slice, a copy of the model segments the slice on screen
-  (:class:`Preview`); when the run ends, the model it kept is previewed once more. Previews
-  are spaced so that they take at most a quarter of the time (:data:`PREVIEW_SPACING`).
+  (:class:`Preview`); the first preview is the random-forest teacher's when the run has one
+  (``TrainConfig.teacher``: fitted on the strokes in a few seconds, it is as good as the
+  network's first ten seconds); when the run ends, the model it kept is previewed once more.
+  Previews are spaced so that they take at most a quarter of the time
+  (:data:`PREVIEW_SPACING`).
 - :class:`LabelsFeed` follows the painted Labels layer (paint, fill, erase, undo, a new
   array) and hands a copy of its data to the run once the painting pauses for
   :data:`DEBOUNCE_MS`.
@@ -40,6 +43,8 @@ __all__ = [
 
 #: Default seconds between two previews of the slice on screen.
 PREVIEW_S = 3.0
+#: The random forest previews slices of up to this many pixels (about a second on 2 cores).
+FOREST_PREVIEW_PX = 1024 * 1024
 #: Quiet time after the last brush event before the labels go to the running training.
 DEBOUNCE_MS = 250
 #: Previews take at most 1 / (1 + PREVIEW_SPACING) of the time: after a preview that took
@@ -63,11 +68,13 @@ def weak_callback(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class Preview(NamedTuple):
-    """The model's labels for slice ``z`` after ``step`` steps (class values)."""
+    """The model's labels for slice ``z`` after ``step`` steps (class values); ``by``:
+    ``"network"``, or ``"forest"`` for the random-forest teacher's (the first preview)."""
 
     step: int
     z: int
     labels: np.ndarray
+    by: str = "network"
 
 
 class ModelCopy(NamedTuple):
@@ -97,6 +104,20 @@ def _preview(model: Any, normalization: Any, class_values: Any, device: Any,
     except (RuntimeError, ValueError):  # e.g. out of GPU memory: skip this preview, keep training
         return None
     return Preview(step, z, _common.class_lut(class_values)[np.asarray(result.labels)])
+
+
+def _forest_preview(forest: Any, normalization: Any, class_values: Any, image: np.ndarray,
+                    z: int, step: int) -> Preview | None:
+    """Segment slice ``z`` with the run's random-forest teacher (in the worker thread); None
+    before its fit, or for a slice of more than :data:`FOREST_PREVIEW_PX` pixels."""
+    z = int(np.clip(z, 0, image.shape[0] - 1)) if image.ndim == 3 else 0
+    plane = np.asarray(image[z] if image.ndim == 3 else image)
+    if plane.size > FOREST_PREVIEW_PX:
+        return None
+    labels = forest.predict(normalization(plane)[None])
+    if labels is None:
+        return None
+    return Preview(step, z, _common.class_lut(class_values)[labels], "forest")
 
 
 class LiveTraining:
@@ -178,8 +199,13 @@ class LiveTraining:
                 z = (last_z or 0) if z is None else z  # None: the widget is gone
                 if self.every_s and (z != last_z or time.perf_counter() - last_t >= gap):
                     t = time.perf_counter()
-                    preview = _preview(run.model, run.normalization, run.class_values,
-                                       run.device, self.image, z, event.step)
+                    forest = run.forest if last_z is None else None  # the first preview:
+                    # the forest fitted on the strokes, while the network has barely begun
+                    preview = None if forest is None else _forest_preview(
+                        forest, run.normalization, run.class_values, self.image, z, event.step)
+                    if preview is None:
+                        preview = _preview(run.model, run.normalization, run.class_values,
+                                           run.device, self.image, z, event.step)
                     last_t, last_z = time.perf_counter(), z
                     gap = max(self.every_s, PREVIEW_SPACING * (last_t - t))
                     if preview is not None:

@@ -51,7 +51,9 @@ PRESET_NAMES = {
 }
 #: Form fields a preset sets (shown), and settings it keeps out of sight until edited.
 _SHOWN = ("arch", "depth", "width", "iterations", "patch", "batch", "block", "blocks",
-          "dropout", "loss", "lr", "features", "self_training")
+          "dropout", "loss", "lr", "features", "self_training", "teacher")
+#: Check boxes: the setting's value when checked (unchecked: "none").
+_CHECKED = {"features": "multiscale", "teacher": "forest"}
 _HIDDEN = ("padding", "batchnorm", "optimizer", "blocks_per_level")
 #: TrainConfig settings of a preset's recipe without a field of their own, kept when the shown
 #: fields are edited: how fast BatchNorm statistics follow the weights, and which predictions
@@ -69,6 +71,7 @@ def _form_values(name: str) -> dict[str, object]:
             "dropout": v.get("dropout", 0.0), "loss": v.get("loss", "wce"),
             "lr": v.get("lr", 1e-3), "features": v.get("features", "none"),
             "self_training": float(v.get("self_training_s", 0.0)),
+            "teacher": v.get("teacher", "none"),
             **{k: float(v.get(k, getattr(TrainConfig, k))) for k in _RECIPE},
             **{k: v[k] for k in _HIDDEN if k in v}}
 
@@ -129,6 +132,11 @@ class TrainForm(QWidget):
             "strokes only: every so many seconds, the network's surest predictions on a few "
             "slices (fast preset: the surer half of each class) become extra training targets "
             "where nothing is painted (off: 0)")
+        self.teacher = QCheckBox("random-forest teacher")
+        self.teacher.setToolTip(
+            "strokes only: a random forest fitted on the strokes in a few seconds labels the "
+            "pixels it is sure of on a few slices; the network trains on them where nothing is "
+            "painted and soon outdoes its teacher")
         self.augment = QCheckBox("augmentation (flips, rotations, elastic)")
         self.augment.setChecked(True)
         self.iterations, self.batch = _spin(1, 1_000_000, 300, 50), _spin(1, 256, 4)
@@ -175,7 +183,8 @@ class TrainForm(QWidget):
         for label, field in (
             ("depth", self.depth), ("width", self.width), ("residual block", self.block),
             ("blocks per level", self.blocks), ("dropout", self.dropout), ("loss", self.loss),
-            ("", self.features), ("", self.augment), ("iterations", self.iterations),
+            ("", self.features), ("", self.teacher), ("", self.augment),
+            ("iterations", self.iterations),
             ("time budget", self.budget), ("self-train every", self.self_training),
             ("learning rate", self.lr), ("batch", self.batch), ("patch size", self.patch),
             ("device", self.device), ("preview every", self.preview_every),
@@ -195,7 +204,7 @@ class TrainForm(QWidget):
                 "iterations": self.iterations, "patch": self.patch, "batch": self.batch,
                 "block": self.block, "blocks": self.blocks, "dropout": self.dropout,
                 "loss": self.loss, "lr": self.lr, "features": self.features,
-                "self_training": self.self_training}
+                "self_training": self.self_training, "teacher": self.teacher}
 
     def _values(self) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -203,7 +212,7 @@ class TrainForm(QWidget):
             if key == "arch":
                 out[key] = ARCHS[field.currentText()]
             elif isinstance(field, QCheckBox):
-                out[key] = "multiscale" if field.isChecked() else "none"
+                out[key] = _CHECKED[key] if field.isChecked() else "none"
             elif isinstance(field, QComboBox):
                 out[key] = field.currentText()
             else:
@@ -223,7 +232,7 @@ class TrainForm(QWidget):
             if key == "arch":
                 field.setCurrentText(names[value])
             elif isinstance(field, QCheckBox):
-                field.setChecked(value == "multiscale")
+                field.setChecked(value == _CHECKED[key])
             elif isinstance(field, QComboBox):
                 field.setCurrentText(str(value))
             else:
@@ -289,6 +298,7 @@ class TrainForm(QWidget):
             iterations=self.iterations.value(), batch_size=self.batch.value(),
             time_budget_s=float(self.budget.value()) or None,
             self_training_s=float(self.self_training.value()),
+            teacher=_CHECKED["teacher"] if self.teacher.isChecked() else "none",
             **self._recipe,
             patch_size=self.patch.value(), lr=float(self.lr.value()),
             loss=self.loss.currentText(), device=self.device.currentText(),

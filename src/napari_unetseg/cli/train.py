@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     for key in ("depth", "width", "block", "blocks_per_level", "dropout", "features"):
         if getattr(args, key) is not None:
             model_kw[key] = getattr(args, key)
-    for key in ("iterations", "batch_size", "patch_size", "lr", "optimizer", "self_training_s"):
+    for key in ("iterations", "batch_size", "patch_size", "lr", "optimizer", "self_training_s",
+                "teacher"):
         if getattr(args, key) is not None:
             train_kw[key] = getattr(args, key)
     if args.init != "scratch" and args.lr is None and train_kw.get("optimizer", "adam") == "adam":
@@ -240,6 +241,10 @@ def add_parser(sub: Any) -> None:
                    metavar="S", help="sparse labels: every S seconds of training, the network's "
                    "confident predictions on a few slices become targets where nothing is "
                    "painted, 0 = off; default: the preset's (fast: 20)")
+    t.add_argument("--teacher", default=None, choices=["none", "forest"],
+                   help="sparse labels: forest = a random forest fitted on the strokes labels "
+                        "the pixels it is sure of on a few slices, trained on where nothing is "
+                        "painted; default: the preset's (fast: forest, others: none)")
     t.add_argument("--w0", type=float, default=None,
                    help="weight-map border term amplitude, 0 = off; default: 10")
     t.add_argument("--sigma", type=float, default=None,

@@ -1,0 +1,137 @@
+"""A random-forest teacher for training from strokes.
+
+A random forest on multiscale pixel features (the pixel classifier of ilastik,
+napari-convpaint and APOC) learns from a few strokes in a second or two and does not overfit
+them the way a network does in its first minute. :class:`ForestTeacher` fits one on the
+training strokes (``TrainConfig.teacher = "forest"``), predicts a few slices (the painted
+ones, then others spread over the stack) and keeps the pixels it is sure of
+(``teacher_confidence``) as extra targets where nothing is painted; the network then trains
+on the strokes, the forest's sure pixels and, with self-training, its own
+(:class:`~napari_unetseg.selftrain.PseudoLabels`, which holds the targets). The network ends
+up better than its teacher: it learns the context the forest's per-pixel features lack.
+Strokes painted during training refit the forest at most every :data:`REFIT_S` seconds.
+Measured in ``benchmarks/scribbles.py`` (docs/performance.md).
+
+The features are scikit-image's ``multiscale_basic_features`` (intensity, edges and Hessian
+texture at sigma 1-16) and the forest scikit-learn's ``RandomForestClassifier(100)``, as in
+the benchmark's random-forest anchor.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .data import IGNORE, TrainingData
+
+__all__ = ["MAX_SAMPLES", "REFIT_S", "WINDOW", "ForestTeacher", "features"]
+
+#: At most this many painted pixels (drawn at random) train the forest: fit time stays ~1-2 s.
+MAX_SAMPLES = 60_000
+#: The forest predicts at most a WINDOW x WINDOW window of each of its slices (a random one on
+#: bigger slices): about a second per slice on 2 cores.
+WINDOW = 512
+#: Seconds of training between two fits after the strokes changed.
+REFIT_S = 20.0
+
+
+def features(plane: np.ndarray) -> np.ndarray:
+    """``(H, W, F)`` features of a ``(C, H, W)`` slice: scikit-image's multiscale intensity,
+    edges and texture at sigma 1-16, per channel."""
+    from skimage.feature import multiscale_basic_features
+
+    plane = np.asarray(plane, np.float32)
+    if plane.shape[0] == 1:
+        return multiscale_basic_features(plane[0], sigma_min=1, sigma_max=16)
+    return multiscale_basic_features(plane, sigma_min=1, sigma_max=16, channel_axis=0)
+
+
+class ForestTeacher:
+    """Fits a random forest on a run's training strokes and labels its sure pixels.
+
+    Parameters
+    ----------
+    slices : int
+        Slices the forest labels: the painted ones first, then others evenly spread.
+    confidence : float
+        Smallest forest probability that makes a pixel a target.
+    seed : int
+        Seeds the forest, the sampled pixels and the windows.
+    """
+
+    def __init__(self, slices: int = 4, confidence: float = 0.8, seed: int = 0) -> None:
+        self.slices, self.confidence, self.seed = slices, confidence, seed
+        self.fits = 0
+        self.fitted_on: TrainingData | None = None  # the data of the last fit (its strokes)
+        self.last_s = -np.inf  # run time of the last fit
+        self.seconds = 0.0  # spent fitting and predicting, all fits
+        self.forest = None  # the last fitted forest (None before a fit with two classes)
+
+    def due(self, data: TrainingData, elapsed_s: float) -> bool:
+        """True before the first fit, and when ``data`` (the strokes: new strokes make new
+        training data) is not what the last fit saw, :data:`REFIT_S` seconds after it."""
+        if self.fitted_on is None:
+            return True
+        return data is not self.fitted_on and elapsed_s - self.last_s >= REFIT_S
+
+    def pick(self, data: TrainingData) -> list[int]:
+        """The painted slices, then evenly spread others, :attr:`slices` in all (at least
+        the painted ones)."""
+        painted = list(data.train_slices)
+        others = [z for z in range(len(data.image)) if z not in painted]
+        extra = min(len(others), max(0, self.slices - len(painted)))
+        spread = np.linspace(0, len(others) - 1, extra).astype(int) if extra else []
+        return painted + [others[i] for i in spread]
+
+    def targets(self, data: TrainingData, elapsed_s: float = 0.0) -> dict[int, np.ndarray]:
+        """Fit on ``data``'s training strokes; per picked slice, ``(H, W)`` int16 class
+        indices where the forest is sure, else IGNORE. Empty without two painted classes."""
+        from sklearn.ensemble import RandomForestClassifier
+
+        t0 = time.perf_counter()
+        self.fitted_on, self.last_s = data, elapsed_s
+        rng = np.random.default_rng(self.seed + self.fits)
+        self.fits += 1
+        xs, ys = [], []
+        for z in data.train_slices:
+            painted = data.train_target[z] >= 0
+            xs.append(features(data.image[z])[painted])
+            ys.append(data.train_target[z][painted])
+        if not xs:
+            return {}
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        if len(np.unique(y)) < 2:
+            return {}
+        if len(y) > MAX_SAMPLES:
+            keep = rng.choice(len(y), MAX_SAMPLES, replace=False)
+            x, y = x[keep], y[keep]
+        forest = RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=self.seed)
+        forest.fit(x, y)
+        self.forest = forest
+        out = {}
+        for z in self.pick(data):
+            h, w = data.train_target[z].shape
+            y0 = int(rng.integers(h - min(h, WINDOW) + 1))
+            x0 = int(rng.integers(w - min(w, WINDOW) + 1))
+            win = (slice(y0, y0 + min(h, WINDOW)), slice(x0, x0 + min(w, WINDOW)))
+            f = features(data.image[z][(slice(None), *win)])
+            prob = forest.predict_proba(f.reshape(-1, f.shape[-1]))
+            best = prob.argmax(1)
+            cls = np.asarray(forest.classes_)[best]
+            sure = prob[np.arange(len(best)), best] >= self.confidence
+            target = np.full((h, w), IGNORE, np.int16)
+            target[win] = np.where(sure, cls, IGNORE).reshape(f.shape[:2])
+            out[z] = target
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def predict(self, plane: np.ndarray) -> np.ndarray | None:
+        """``(H, W)`` class indices of a normalised ``(C, H, W)`` slice by the last fitted
+        forest (None before one): e.g. a first preview while the network has barely begun."""
+        forest = self.forest
+        if forest is None:
+            return None
+        f = features(plane)
+        best = forest.predict_proba(f.reshape(-1, f.shape[-1])).argmax(1)
+        return np.asarray(forest.classes_)[best].reshape(f.shape[:2]).astype(np.int16)
