@@ -101,6 +101,8 @@ class Run:
     steps: int = 0
     metadata: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    first_s: float | None = None  # training seconds at the run's first event
+    forest: Any = None  # the run's random-forest teacher (TrainConfig.teacher), if any
 
 
 def snapshots(gen: Any, marks: Iterable[float], clock: Callable[[], float],
@@ -118,6 +120,8 @@ def snapshots(gen: Any, marks: Iterable[float], clock: Callable[[], float],
         while True:
             ev = next(gen)
             run.steps = ev.step
+            if run.first_s is None:
+                run.first_s = ev.elapsed_s
             if ema:
                 avg = _ema(avg, gen.model, ema)
             if hook is not None:
@@ -131,6 +135,7 @@ def snapshots(gen: Any, marks: Iterable[float], clock: Callable[[], float],
     except StopIteration as done:
         result = done.value
         run.metadata = result.metadata
+        run.forest = getattr(gen, "forest", None)
         for m in todo:  # ended before these marks (e.g. out of steps): the final model
             run.snapshots.append(Snapshot(m, result.metadata["steps"], result.model,
                                           result.normalization, result.class_values))
@@ -153,6 +158,20 @@ def _ema(avg: dict | None, model: torch.nn.Module, decay: float) -> dict:
 def _copy(model: torch.nn.Module) -> torch.nn.Module:
     m = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format)
     return m.eval()
+
+
+def forest_probability(teacher: Any, normalization: Any, class_values: tuple[int, ...],
+                       image: np.ndarray, value: int = 1) -> np.ndarray:
+    """Probability of painted class ``value`` on every slice by a run's forest teacher (what
+    the live loop's first preview shows)."""
+    from napari_unetseg.teacher import features
+
+    col = list(teacher.forest.classes_).index(list(class_values).index(value))
+    out = []
+    for img in image:
+        f = features(normalization(img)[None])
+        out.append(teacher.forest.predict_proba(f.reshape(-1, f.shape[-1]))[:, col])
+    return np.stack(out).reshape(image.shape).astype(np.float32)
 
 
 def probability(snap: Snapshot, image: np.ndarray, value: int = 1,

@@ -15,7 +15,10 @@ Tasks (``--tasks``):
 The network trains once per task with snapshots of the model at ``--marks`` seconds of
 training, scored afterwards (scoring time does not count). Time to first preview: from the
 call that starts training until one 512x512 slice is predicted by the model after
-``--preview-s`` seconds of training (the random forest: fit plus one slice). The strokes sweep
+``--preview-s`` seconds of training (the random forest: fit plus one slice); with the forest
+teacher (``teacher="forest"``, the fast preset's) the live loop's first preview is the
+teacher's, so it is timed (the first training event, i.e. the teacher's fit and one step,
+plus one slice predicted by the forest) and scored as ``first_preview``. The strokes sweep
 (``--sweep``) trains both methods on 10, 20, 40, 80 strokes per slice and scores the network
 at ``--sweep-s`` seconds.
 
@@ -49,6 +52,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loop import (  # noqa: E402
+    forest_probability,
     load_isbi,
     make_clock,
     membrane_scores,
@@ -140,9 +144,22 @@ def deep(task: dict, args, clock, marks: list[float], recipe: str | None = None)
         rows.append(row)
         print(f"  {task['name']:9s} {recipe} @{snap.at_s:>5}s step {snap.step:5d} "
               f"{ {k: v for k, v in row.items() if k not in ('at_s', 'step')} }", flush=True)
+    first = None if preview is None else {
+        "by": "network", "at_s": round(preview, 2),
+        **{k: r[k] for r in rows if r["at_s"] == args.preview_s for k in r if k != "at_s"}}
+    if run.forest is not None and run.forest.forest is not None:  # the live loop's first
+        snap = run.snapshots[0]  # preview is the forest teacher's (_widgets/_live.py)
+        one = clock()
+        forest_probability(run.forest, snap.normalization, snap.class_values,
+                           task["test"][:1], v)
+        preview = run.prep_s + run.first_s + (clock() - one)
+        prob = forest_probability(run.forest, snap.normalization, snap.class_values,
+                                  task["test"], v)
+        first = {"by": "forest", "at_s": round(preview, 2), **_score(task, {v: prob})}
+        print(f"  {task['name']:9s} {recipe} first preview (forest) {first}", flush=True)
     return {"method": f"network ({recipe})", "prep_s": round(run.prep_s, 2),
             "steps": run.steps, "first_preview_s": None if preview is None else round(preview, 2),
-            "curve": rows, "settings": run.settings}
+            "first_preview": first, "curve": rows, "settings": run.settings}
 
 
 def sweep(args, clock) -> list[dict]:

@@ -179,3 +179,35 @@ def test_the_teachers_targets_and_the_strokes_are_weighed_by_class_balance(blobs
     assert (out.weight[1][taught >= 0] == 1.0).all()
     painted = data.train_target >= 0
     assert np.array_equal(out.weight[painted], data.weight[painted])  # the strokes keep theirs
+
+
+def test_painted_features_by_tiles_match_the_whole_slice(monkeypatch):
+    rng = np.random.default_rng(1)
+    plane = rng.normal(size=(1, 150, 170)).astype(np.float32)
+    target = np.full((150, 170), IGNORE, np.int16)
+    target[10:20, 5:160] = 0
+    target[140, 30] = target[60:70, 100] = 1
+    painted = target >= 0
+    whole = teacher_mod.features(plane)[painted]
+    monkeypatch.setattr(teacher_mod, "TILE", 64)
+    x, y = teacher_mod.painted_features(plane, target)
+    assert x.shape == whole.shape and (np.bincount(y) == np.bincount(target[painted])).all()
+    # each pixel's features with its class, as computed on the whole slice (64-px halo)
+    for k in (0, 1):
+        mine = np.sort(x[y == k], axis=0)
+        theirs = np.sort(whole[target[painted] == k], axis=0)
+        np.testing.assert_allclose(mine, theirs, atol=1e-3)
+
+
+def test_the_forest_does_not_warn_per_tree():
+    import warnings
+
+    from sklearn.ensemble import RandomForestClassifier
+
+    x = np.random.default_rng(0).random((300, 4))
+    y = (x[:, 0] > 0.5).astype(int)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()  # no filters: scikit-learn's workers then warn per tree
+        with teacher_mod._quiet():
+            RandomForestClassifier(10, n_jobs=-1).fit(x, y).predict_proba(x)
+    assert not [w for w in caught if "sklearn" in str(w.message)]

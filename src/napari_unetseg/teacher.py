@@ -19,13 +19,16 @@ the benchmark's random-forest anchor.
 
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
 from .data import IGNORE, TrainingData
 
-__all__ = ["MAX_SAMPLES", "REFIT_S", "WINDOW", "ForestTeacher", "features"]
+__all__ = ["MAX_SAMPLES", "REFIT_S", "WINDOW", "ForestTeacher", "features", "painted_features"]
 
 #: At most this many painted pixels (drawn at random) train the forest: fit time stays ~1-2 s.
 MAX_SAMPLES = 60_000
@@ -34,6 +37,42 @@ MAX_SAMPLES = 60_000
 WINDOW = 512
 #: Seconds of training between two fits after the strokes changed.
 REFIT_S = 20.0
+
+
+#: Painted slices are featurised in tiles of this side (plus a :data:`HALO` on every side), so
+#: that a large slice never needs all its features at once (20 floats per pixel).
+TILE = 1024
+#: Context around a tile: four times the largest sigma.
+HALO = 64
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """scikit-learn's joblib workers warn about its configuration (once per tree) whenever
+    the warning filters are empty, e.g. under some test runners: nothing a user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*sklearn.utils.parallel.delayed")
+        yield
+
+
+def painted_features(plane: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``(N, F)`` and classes ``(N,)`` of the painted pixels (``target >= 0``) of a
+    ``(C, H, W)`` slice, computed tile by tile (only tiles with painted pixels)."""
+    h, w = target.shape
+    xs, ys = [], []
+    for y0 in range(0, h, TILE):
+        for x0 in range(0, w, TILE):
+            tile = target[y0:y0 + TILE, x0:x0 + TILE]
+            painted = tile >= 0
+            if not painted.any():
+                continue
+            a, b = max(0, y0 - HALO), max(0, x0 - HALO)
+            f = features(plane[:, a:min(h, y0 + TILE + HALO), b:min(w, x0 + TILE + HALO)])
+            xs.append(f[y0 - a:y0 - a + tile.shape[0], x0 - b:x0 - b + tile.shape[1]][painted])
+            ys.append(tile[painted])
+    if not xs:
+        return np.zeros((0, 0), np.float32), np.zeros(0, target.dtype)
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def features(plane: np.ndarray) -> np.ndarray:
@@ -95,9 +134,9 @@ class ForestTeacher:
         self.fits += 1
         xs, ys = [], []
         for z in data.train_slices:
-            painted = data.train_target[z] >= 0
-            xs.append(features(data.image[z])[painted])
-            ys.append(data.train_target[z][painted])
+            x, y = painted_features(data.image[z], data.train_target[z])
+            xs.append(x)
+            ys.append(y)
         if not xs:
             return {}
         x, y = np.concatenate(xs), np.concatenate(ys)
@@ -107,7 +146,8 @@ class ForestTeacher:
             keep = rng.choice(len(y), MAX_SAMPLES, replace=False)
             x, y = x[keep], y[keep]
         forest = RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=self.seed)
-        forest.fit(x, y)
+        with _quiet():
+            forest.fit(x, y)
         self.forest = forest
         out = {}
         for z in self.pick(data):
@@ -116,7 +156,8 @@ class ForestTeacher:
             x0 = int(rng.integers(w - min(w, WINDOW) + 1))
             win = (slice(y0, y0 + min(h, WINDOW)), slice(x0, x0 + min(w, WINDOW)))
             f = features(data.image[z][(slice(None), *win)])
-            prob = forest.predict_proba(f.reshape(-1, f.shape[-1]))
+            with _quiet():
+                prob = forest.predict_proba(f.reshape(-1, f.shape[-1]))
             best = prob.argmax(1)
             cls = np.asarray(forest.classes_)[best]
             sure = prob[np.arange(len(best)), best] >= self.confidence
@@ -133,5 +174,6 @@ class ForestTeacher:
         if forest is None:
             return None
         f = features(plane)
-        best = forest.predict_proba(f.reshape(-1, f.shape[-1])).argmax(1)
+        with _quiet():
+            best = forest.predict_proba(f.reshape(-1, f.shape[-1])).argmax(1)
         return np.asarray(forest.classes_)[best].reshape(f.shape[:2]).astype(np.int16)
