@@ -211,3 +211,15 @@ def test_the_forest_does_not_warn_per_tree():
         with teacher_mod._quiet():
             RandomForestClassifier(10, n_jobs=-1).fit(x, y).predict_proba(x)
     assert not [w for w in caught if "sklearn" in str(w.message)]
+
+
+def test_training_from_a_model_has_no_teacher(blobs):
+    image, strokes, _ = blobs
+    cfg = TrainConfig(iterations=2, batch_size=2, patch_size=32, device="cpu", val_fraction=0,
+                      augment=AugmentConfig.off(), teacher="forest")
+    first = fit(image, strokes, TINY, cfg)
+    assert first.metadata["teacher_fits"] == 1
+    again = fit(image, strokes, TINY, cfg, init=first)  # e.g. the bundled model
+    assert "teacher_fits" not in again.metadata
+    resumed = fit(image, strokes, TINY, cfg, resume=first)  # going on: the teacher too
+    assert resumed.metadata["teacher_fits"] == 1

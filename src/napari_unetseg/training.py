@@ -554,7 +554,8 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
         s.pseudo = PseudoLabels(cfg.self_training_s, cfg.pseudo_slices, cfg.pseudo_confidence,
                                 cfg.pseudo_portion, cfg.class_balance)
         s.data = s.pseudo.apply(s.data)
-    if sparse and cfg.teacher == "forest":
+    if sparse and cfg.teacher == "forest" and s.init is None:  # a starting model (init)
+        # knows more than a forest of a few strokes: its targets would pull it down
         s.forest = ForestTeacher(cfg.teacher_slices, cfg.teacher_confidence, cfg.seed)
 
     def keep_if_best(val: tuple[float, float], step: int) -> bool:

@@ -48,6 +48,10 @@ def test_presets_and_configs(qtbot):
     assert form.train_config().teacher == "forest"
     form.teacher.setChecked(False)
     assert form.train_config().teacher == "none"
+    form.start_from.setCurrentIndex(1)  # from the bundled model: no teacher (training.py)
+    assert not form.teacher.isEnabled()
+    form.start_from.setCurrentIndex(0)
+    assert form.teacher.isEnabled()
     form.preset.setCurrentText("wide (width 64, same padding)")
     assert not form.features.isChecked() and form.train_config().bn_momentum == 0.1
     assert not form.teacher.isChecked() and form.train_config().teacher == "none"

@@ -134,9 +134,10 @@ class TrainForm(QWidget):
             "where nothing is painted (off: 0)")
         self.teacher = QCheckBox("random-forest teacher")
         self.teacher.setToolTip(
-            "strokes only: a random forest fitted on the strokes in a few seconds labels the "
-            "pixels it is sure of on a few slices; the network trains on them where nothing is "
-            "painted and soon outdoes its teacher")
+            "strokes, from scratch: a random forest fitted on the strokes in a few seconds "
+            "labels the pixels it is sure of on a few slices; the network trains on them where "
+            "nothing is painted and soon outdoes its teacher (the first preview is the "
+            "forest's)")
         self.augment = QCheckBox("augmentation (flips, rotations, elastic)")
         self.augment.setChecked(True)
         self.iterations, self.batch = _spin(1, 1_000_000, 300, 50), _spin(1, 256, 4)
@@ -252,7 +253,9 @@ class TrainForm(QWidget):
         return shown
 
     def _start_changed(self, *args: object) -> None:
-        """A preset's learning rate follows "start from" (a custom one stays as set)."""
+        """A preset's learning rate follows "start from" (a custom one stays as set); the
+        forest teacher is for scratch only (training from a model does not use it)."""
+        self.teacher.setEnabled(self.init() == "scratch")
         values = PRESETS.get(self.preset.currentText())
         if values is None:
             return
