@@ -55,7 +55,7 @@ def main() -> None:
             if type(ev).__name__ == "Preview":
                 break
         row = {"arch": arch, "wall_s": round(time.perf_counter() - w0, 2),
-               "cpu_s": round((time.process_time() - c0) / threads, 2)}
+               "cpu_s": round((time.process_time() - c0) / threads, 2), "by": ev.by}
         events.close()
         rows.append(row)
         print(row, flush=True)
