@@ -11,7 +11,9 @@ rounds are class-balanced (Zou et al. 2018, "class-balanced self-training"): of 
 predicted as each class only the surest share is kept, so the class the network is surer of
 (cell interior, or membrane once it has grown) cannot take over the unpainted pixels round
 after round. The user's strokes always win: pseudo labels only fill pixels that are neither
-training nor validation strokes, and are never used for validation. Measured in
+training nor validation strokes, and are never used for validation. A teacher's targets
+(:mod:`napari_unetseg.teacher`, held in ``taught``) come between the two: under the strokes,
+over the network's own. Measured in
 ``benchmarks/scribbles.py`` (docs/performance.md): with the plain rule (p >= 0.9) a run can
 drift after a minute, the membranes growing onto organelles or thinning into gaps; the fast
 preset's class-balanced rounds (the surer half of each class, ``pseudo_portion=0.5``) held
