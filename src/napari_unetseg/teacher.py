@@ -126,9 +126,15 @@ class ForestTeacher:
     def targets(self, data: TrainingData, elapsed_s: float = 0.0) -> dict[int, np.ndarray]:
         """Fit on ``data``'s training strokes; per picked slice, ``(H, W)`` int16 class
         indices where the forest is sure, else IGNORE. Empty without two painted classes."""
+        t0 = time.perf_counter()
+        try:
+            return self._targets(data, elapsed_s)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _targets(self, data: TrainingData, elapsed_s: float) -> dict[int, np.ndarray]:
         from sklearn.ensemble import RandomForestClassifier
 
-        t0 = time.perf_counter()
         self.fitted_on, self.last_s = data, elapsed_s
         rng = np.random.default_rng(self.seed + self.fits)
         self.fits += 1
@@ -164,7 +170,6 @@ class ForestTeacher:
             target = np.full((h, w), IGNORE, np.int16)
             target[win] = np.where(sure, cls, IGNORE).reshape(f.shape[:2])
             out[z] = target
-        self.seconds += time.perf_counter() - t0
         return out
 
     def predict(self, plane: np.ndarray) -> np.ndarray | None:
