@@ -5,7 +5,9 @@
                ISBI 2012 in ``benchmarks/isbi.py``, see docs/performance.md), fed by the
                multiscale filter bank (``features="multiscale"``), which makes it learn from
                a few strokes within a minute, and, from strokes (sparse labels), trained
-               on its own surest predictions every 20 s (self-training,
+               on the sure pixels of a random forest fitted on them (``teacher``: it puts
+               the network ahead of the forest within a minute) and on its own surest
+               predictions every 20 s (self-training,
                ``self_training_s``; class-balanced: the surer half of the pixels
                predicted as each class, ``pseudo_portion``, so that it does not drift),
                with BatchNorm statistics that follow the weights within a few steps
