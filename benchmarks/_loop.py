@@ -51,10 +51,11 @@ def load_isbi(data: Path | None = None) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- random forest
 def rf_features(img: np.ndarray) -> np.ndarray:
-    """scikit-image multiscale features (intensity, edges, texture, sigma 1..16) of a slice."""
-    from skimage.feature import multiscale_basic_features
+    """scikit-image multiscale features (intensity, edges, texture, sigma 1..16) of a slice:
+    the product's forest teacher's (``teacher.features``)."""
+    from napari_unetseg.teacher import features
 
-    return multiscale_basic_features(np.asarray(img, np.float32), sigma_min=1, sigma_max=16)
+    return features(np.asarray(img)[None])
 
 
 def rf_fit(image: np.ndarray, strokes: np.ndarray, seed: int = 0):
@@ -164,14 +165,9 @@ def forest_probability(teacher: Any, normalization: Any, class_values: tuple[int
                        image: np.ndarray, value: int = 1) -> np.ndarray:
     """Probability of painted class ``value`` on every slice by a run's forest teacher (what
     the live loop's first preview shows)."""
-    from napari_unetseg.teacher import features
-
     col = list(teacher.forest.classes_).index(list(class_values).index(value))
-    out = []
-    for img in image:
-        f = features(normalization(img)[None])
-        out.append(teacher.forest.predict_proba(f.reshape(-1, f.shape[-1]))[:, col])
-    return np.stack(out).reshape(image.shape).astype(np.float32)
+    return np.stack([teacher.probabilities(normalization(img)[None])[..., col]
+                     for img in image]).astype(np.float32)
 
 
 def probability(snap: Snapshot, image: np.ndarray, value: int = 1,

@@ -161,24 +161,28 @@ class ForestTeacher:
             y0 = int(rng.integers(h - min(h, WINDOW) + 1))
             x0 = int(rng.integers(w - min(w, WINDOW) + 1))
             win = (slice(y0, y0 + min(h, WINDOW)), slice(x0, x0 + min(w, WINDOW)))
-            f = features(data.image[z][(slice(None), *win)])
-            with _quiet():
-                prob = forest.predict_proba(f.reshape(-1, f.shape[-1]))
-            best = prob.argmax(1)
-            cls = np.asarray(forest.classes_)[best]
-            sure = prob[np.arange(len(best)), best] >= self.confidence
+            prob = self.probabilities(data.image[z][(slice(None), *win)])
+            cls = np.asarray(forest.classes_)[prob.argmax(-1)]
             target = np.full((h, w), IGNORE, np.int16)
-            target[win] = np.where(sure, cls, IGNORE).reshape(f.shape[:2])
+            target[win] = np.where(prob.max(-1) >= self.confidence, cls, IGNORE)
             out[z] = target
         return out
 
-    def predict(self, plane: np.ndarray) -> np.ndarray | None:
-        """``(H, W)`` class indices of a normalised ``(C, H, W)`` slice by the last fitted
-        forest (None before one): e.g. a first preview while the network has barely begun."""
+    def probabilities(self, plane: np.ndarray) -> np.ndarray | None:
+        """``(H, W, K)`` probabilities of the forest's classes (``forest.classes_``) on a
+        normalised ``(C, H, W)`` slice, by the last fitted forest (None before one)."""
         forest = self.forest
         if forest is None:
             return None
         f = features(plane)
         with _quiet():
-            best = forest.predict_proba(f.reshape(-1, f.shape[-1])).argmax(1)
-        return np.asarray(forest.classes_)[best].reshape(f.shape[:2]).astype(np.int16)
+            prob = forest.predict_proba(f.reshape(-1, f.shape[-1]))
+        return prob.reshape(*f.shape[:2], -1)
+
+    def predict(self, plane: np.ndarray) -> np.ndarray | None:
+        """``(H, W)`` class indices of a normalised ``(C, H, W)`` slice by the last fitted
+        forest (None before one): e.g. a first preview while the network has barely begun."""
+        prob = self.probabilities(plane)
+        if prob is None:
+            return None
+        return np.asarray(self.forest.classes_)[prob.argmax(-1)].astype(np.int16)

@@ -530,6 +530,15 @@ def _samplers(s: _Setup) -> tuple[PatchSampler, list]:
     return sampler, val.validation_batches(cfg.batch_size, cfg.val_patches)
 
 
+def _resampled(s: _Setup, sampler: PatchSampler) -> tuple[PatchSampler, list]:
+    """:func:`_samplers` of ``s.data`` (new labels), the random stream of ``sampler`` going
+    on."""
+    positions = sampler.generator
+    sampler, val_batches = _samplers(s)
+    sampler.generator = positions
+    return sampler, val_batches
+
+
 def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     cfg, model = s.cfg, s.model
     model.to(s.device).train()
@@ -579,9 +588,7 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
         if not stopped and s.inbox.waiting and _relabel(s):  # new strokes: sample from them
             if s.pseudo is not None:
                 s.data = s.pseudo.apply(s.data)
-            positions = sampler.generator  # the random stream goes on
-            sampler, val_batches = _samplers(s)
-            sampler.generator = positions
+            sampler, val_batches = _resampled(s, sampler)
             best.update(dice=-1.0, step=step, state=None)
             stale = 0
         if budget is not None or s.pseudo is not None:
@@ -589,14 +596,10 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
         if not stopped and s.forest is not None and s.forest.due(s.pseudo.base, used):
             s.pseudo.taught = s.forest.targets(s.pseudo.base, used)  # its time counts
             s.data = s.pseudo.apply(s.pseudo.base)
-            positions = sampler.generator
-            sampler, _ = _samplers(s)
-            sampler.generator = positions
+            sampler, _ = _resampled(s, sampler)
         if not stopped and s.pseudo is not None and step and s.pseudo.due(used):
             s.data = s.pseudo.update(model, s.device, used)  # the time it takes counts
-            positions = sampler.generator
-            sampler, _ = _samplers(s)
-            sampler.generator = positions
+            sampler, _ = _resampled(s, sampler)
             model.train()
         if budget is not None:
             timeout = step > 0 and used >= budget

@@ -93,11 +93,18 @@ class LabelsApplied(NamedTuple):
     problem: str | None
 
 
+def _plane(image: np.ndarray, z: int) -> tuple[int, np.ndarray]:
+    """Slice ``z`` of a stack (clipped to it), or the 2D image itself (``z`` 0)."""
+    if image.ndim != 3:
+        return 0, np.asarray(image)
+    z = int(np.clip(z, 0, image.shape[0] - 1))
+    return z, np.asarray(image[z])
+
+
 def _preview(model: Any, normalization: Any, class_values: Any, device: Any,
              image: np.ndarray, z: int, step: int) -> Preview | None:
     """Segment slice ``z`` with a copy of ``model`` (in the worker thread)."""
-    z = int(np.clip(z, 0, image.shape[0] - 1)) if image.ndim == 3 else 0
-    plane = np.asarray(image[z] if image.ndim == 3 else image)
+    z, plane = _plane(image, z)
     try:
         result = predict(copy.deepcopy(model), plane, normalization=normalization,
                          config=InferenceConfig(device=str(device), batch_size=4))
@@ -110,8 +117,7 @@ def _forest_preview(forest: Any, normalization: Any, class_values: Any, image: n
                     z: int, step: int) -> Preview | None:
     """Segment slice ``z`` with the run's random-forest teacher (in the worker thread); None
     before its fit, or for a slice of more than :data:`FOREST_PREVIEW_PX` pixels."""
-    z = int(np.clip(z, 0, image.shape[0] - 1)) if image.ndim == 3 else 0
-    plane = np.asarray(image[z] if image.ndim == 3 else image)
+    z, plane = _plane(image, z)
     if plane.size > FOREST_PREVIEW_PX:
         return None
     labels = forest.predict(normalization(plane)[None])

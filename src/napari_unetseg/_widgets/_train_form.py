@@ -301,7 +301,7 @@ class TrainForm(QWidget):
             iterations=self.iterations.value(), batch_size=self.batch.value(),
             time_budget_s=float(self.budget.value()) or None,
             self_training_s=float(self.self_training.value()),
-            teacher=_CHECKED["teacher"] if self.teacher.isChecked() else "none",
+            teacher=self._values()["teacher"],
             **self._recipe,
             patch_size=self.patch.value(), lr=float(self.lr.value()),
             loss=self.loss.currentText(), device=self.device.currentText(),
