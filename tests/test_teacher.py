@@ -160,9 +160,12 @@ def test_config_and_presets():
         assert split(preset(other))[1].get("teacher", "none") == "none"
 
 
-def test_the_teachers_targets_and_the_strokes_are_weighed_by_class_balance(blobs):
+def test_the_teachers_targets_weigh_what_the_strokes_of_their_class_weigh(blobs):
     image, strokes, _ = blobs
     data = prepare_data(image, strokes, val_fraction=0)  # weights: the class balance
+    painted = data.train_target >= 0
+    counts = np.bincount(data.train_target[painted], minlength=2)
+    assert counts[0] != counts[1]  # the strokes' balance weighs the classes differently
     taught = np.full(data.train_target[1].shape, IGNORE, np.int16)
     taught[:, :48] = 0  # 3 times as many pixels of class 0 as of class 1
     taught[:, 48:] = 1
@@ -170,9 +173,11 @@ def test_the_teachers_targets_and_the_strokes_are_weighed_by_class_balance(blobs
     p.taught = {1: taught}
     out = p.apply(data)
     lab = out.train_target >= 0
-    per_class = [out.weight[lab & (out.train_target == k)].sum() for k in (0, 1)]
-    assert per_class[0] == pytest.approx(per_class[1], rel=1e-4)  # each class weighs as much
-    assert out.weight[lab].mean() == pytest.approx(1.0, rel=1e-4)
+    for k in (0, 1):  # each target of class k weighs n / (2 n_k), n_k counted on the strokes
+        want = counts.sum() / (2 * counts[k])
+        assert np.allclose(out.weight[lab & (out.train_target == k)], want, rtol=1e-5)
+    assert np.allclose(out.weight[painted], data.weight[painted])  # the strokes keep theirs
+    assert out.weight[painted].mean() == pytest.approx(1.0, rel=1e-4)
     flat = PseudoLabels(10.0, 2, 0.5, balance=False)
     flat.taught = {1: taught}
     out = flat.apply(data)

@@ -61,11 +61,15 @@ class Targets:
     class_values: tuple[int, ...]
 
 
-def class_balance(target: np.ndarray, classes: int) -> np.ndarray:
+def class_balance(target: np.ndarray, classes: int, of: np.ndarray | None = None
+                  ) -> np.ndarray:
     """``wc``: ``n / (K n_c)`` for each labelled pixel of class ``c`` (``K`` classes present,
-    ``n`` labelled pixels), 0 on ignored pixels; float32 of ``target``'s shape."""
+    ``n`` labelled pixels), 0 on ignored pixels; float32 of ``target``'s shape. ``of``: count
+    ``n`` and ``n_c`` on these labels instead (e.g. the strokes alone, weighing other targets
+    by the strokes' frequencies)."""
     labelled = target >= 0
-    counts = np.bincount(target[labelled].astype(np.int64), minlength=classes)
+    counted = target if of is None else of
+    counts = np.bincount(counted[counted >= 0].astype(np.int64), minlength=classes)
     present = np.count_nonzero(counts)
     table = np.zeros(classes, np.float64)
     if present:

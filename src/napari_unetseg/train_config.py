@@ -78,7 +78,8 @@ class TrainConfig:
         instance labels; ``w0 = 0`` switches it off.
     class_balance : bool
         Class-balance term ``wc`` of the weight map (inverse class frequency), also on
-        sparse strokes.
+        sparse strokes; the forest teacher's targets weigh what the strokes of their class
+        weigh.
     patience : int
         Stop after this many validations in a row without a better validation Dice (the
         best weights are kept); 0: never stop early.
