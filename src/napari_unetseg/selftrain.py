@@ -74,7 +74,7 @@ class PseudoLabels:
         weighed (``class_balance``: the inverse frequency of the class among the strokes).
         Balancing over the strokes and the teacher's targets together (mostly the larger
         class) over-weighs the smaller class: the network then over-predicts it (objects:
-        0.59 IoU against 0.78 with the strokes' weights, ``benchmarks/scribbles.py``).
+        0.60 IoU against 0.75 with the strokes' weights, ``benchmarks/scribbles.py``).
     """
 
     def __init__(self, every_s: float, slices: int, confidence: float,
