@@ -3,13 +3,20 @@
 The loop of the Train widget, simulated on ISBI 2012 (train on slices 0-24, score 25-29):
 
 1. **Round 1.** Simulated strokes (:func:`napari_unetseg.strokes.membrane_strokes`, 40 per
-   slice) on slices 0 and 1; a UNet++ trains from scratch for ``--round1`` steps.
+   slice) on slices 0 and 1; a network trains from scratch for ``--round1`` steps. ``--recipe
+   scribbles`` (the default) is what Train does from strokes: the fast preset (U-Net depth 4,
+   width 16, the multiscale filter bank, the random-forest teacher), without its timed
+   self-training rounds, which would make a step-count run depend on the machine's speed.
+   ``--recipe legacy`` is the first measurement's: a UNet++ (depth 4, width 8, 128 px
+   patches) with TrainConfig's defaults.
 2. **Uncertainty.** The round-1 model's maps (:mod:`napari_unetseg.uncertainty`: predictive
    entropy, flip-TTA variance, UNet++ head disagreement) on the candidate slices 2-24. How well
    each points at the model's errors (argmax class != ground truth) is its ROC AUC over the
    pixels, and how well its slice means rank the slices by error rate is a Spearman rho.
 3. **Round 2.** ``--add-slices`` slices get ``--strokes`` new strokes each, placed
    - ``random``: on random candidate slices, starts drawn uniformly (a user without a hint);
+     ``--random-draws`` > 1 adds more such draws (``random#2``, ...), other slices and
+     strokes: how far two equally uninformed users differ is the noise a map must beat;
    - ``<method>:<placement>`` (``--placements``), where the method's map guides
      - ``rank``: the slices, the most uncertain ones ("jump to the worst slice"), at least
        ``--spread`` slices apart (neighbouring EM sections look alike); starts uniform;
@@ -20,6 +27,10 @@ The loop of the Train widget, simulated on ISBI 2012 (train on slices 0-24, scor
    Each condition continues training the round-1 model for ``--round2`` steps on all its
    strokes, with the same seed, and is scored on slices 25-29 (V_Rand / V_Info, best over the
    ISBI threshold sweep, membrane probability, no TTA).
+
+``--methods errors`` adds an oracle: the round-1 model's wrong pixels, taken from the ground
+truth, placed like a map. No user has that map, though a user sees gross errors in the preview;
+if strokes placed on the errors themselves do not beat random ones, no uncertainty map can.
 
 Step counts, not seconds, so that a loaded machine gives the same numbers. Every seed redraws
 the round-1 strokes, the training and the random slices.
@@ -51,6 +62,7 @@ from _record import emit  # noqa: E402
 from napari_unetseg import metrics  # noqa: E402
 from napari_unetseg.config import ModelConfig  # noqa: E402
 from napari_unetseg.inference import InferenceConfig, predict  # noqa: E402
+from napari_unetseg.presets import MODEL_KEYS, TRAIN_KEYS, preset  # noqa: E402
 from napari_unetseg.strokes import membrane_strokes  # noqa: E402
 from napari_unetseg.training import TrainConfig, fit  # noqa: E402
 from napari_unetseg.uncertainty import METHODS, rank_slices, uncertainty_maps  # noqa: E402
@@ -59,6 +71,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared/data/isbi2012"
 FIRST = (0, 1)  # round-1 slices
 CANDIDATES = tuple(range(2, 25))  # where round-2 strokes may go
+#: not a map a user gets: the round-1 model's errors on the candidate slices (needs the ground
+#: truth). A user sees some of them in the preview; as a placement it bounds what any map can do
+ORACLE = "errors"
 TEST = slice(25, 30)
 
 
@@ -83,11 +98,16 @@ def score(result, image: np.ndarray, gt: np.ndarray) -> dict:
     return {"v_rand": round(s["v_rand"], 4), "v_info": round(s["v_info"], 4)}
 
 
+def errors(unc, gt: np.ndarray) -> np.ndarray:
+    """The round-1 model's wrong pixels on the candidate slices (argmax class != truth)."""
+    truth = np.where(gt[list(CANDIDATES)] == 0, 0, 1)  # class index: 0 membrane, 1 cell
+    return (unc.probabilities.argmax(1) != truth).astype(np.float32)
+
+
 def how_well_it_points(unc, gt: np.ndarray) -> dict:
     """AUC of each map for the model's pixel errors and Spearman rho of slice means vs slice
     error rates, over the candidate slices."""
-    truth = np.where(gt[list(CANDIDATES)] == 0, 0, 1)  # class index: 0 membrane, 1 cell
-    wrong = unc.probabilities.argmax(1) != truth
+    wrong = errors(unc, gt).astype(bool)
     out = {"pixel_error": round(float(wrong.mean()), 4)}
     for name, m in unc.maps.items():
         rho = spearmanr(m.reshape(len(m), -1).mean(1), wrong.reshape(len(m), -1).mean(1))[0]
@@ -109,9 +129,10 @@ def spread_top(ranked: list[tuple[int, float]], n: int, spread: int) -> list[int
 def add_strokes(gt: np.ndarray, old: np.ndarray, condition: str, unc, args, seed: int
                 ) -> tuple[np.ndarray, list[int]]:
     """Round-1 strokes plus the new ones of one condition, and the slices painted."""
-    rng = np.random.default_rng([seed, 7])
     method, _, placement = condition.partition(":")
-    if method == "random" or "rank" not in placement:
+    draw = int(method.partition("#")[2] or 1)  # random#k: the k-th uninformed user
+    rng = np.random.default_rng([seed, 7] if draw == 1 else [seed, 7, draw])
+    if method.startswith("random") or "rank" not in placement:
         slices = sorted(rng.choice(CANDIDATES, args.add_slices, replace=False).tolist())
     else:
         slices = spread_top(rank_slices(unc.maps[method], unc.slices), args.add_slices,
@@ -123,16 +144,33 @@ def add_strokes(gt: np.ndarray, old: np.ndarray, condition: str, unc, args, seed
             if z in slices:
                 weights[z] = ndi.gaussian_filter(unc.maps[method][i].astype(np.float64),
                                                  args.smooth) ** args.power
-    new = membrane_strokes(gt, slices=slices, n_strokes=args.strokes, seed=1000 + seed,
-                           where=weights)
+    new = membrane_strokes(gt, slices=slices, n_strokes=args.strokes,
+                           seed=1000 + seed + 100 * (draw - 1), where=weights)
     return np.where(old > 0, old, new), slices
+
+
+def recipe(args) -> tuple[ModelConfig, dict]:
+    """The network and the training settings of ``--recipe`` (iterations and seed apart)."""
+    if args.recipe == "legacy":
+        return (ModelConfig(arch="unetpp", depth=args.depth, width=args.width),
+                {"batch_size": args.batch, "patch_size": args.patch})
+    fast = preset("fast")
+    model = ModelConfig(arch=fast["arch"], **{k: fast[k] for k in MODEL_KEYS if k in fast})
+    train = {k: fast[k] for k in TRAIN_KEYS if k in fast and k != "iterations"}
+    train["self_training_s"] = 0.0  # timed rounds: a step-count run would depend on speed
+    if args.quick:
+        model = ModelConfig(**{**model.to_dict(), "width": 4})
+    return model, train
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--recipe", choices=["scribbles", "legacy"], default="scribbles")
+    p.add_argument("--methods", help="uncertainty maps (default: entropy,tta for a U-Net, "
+                   "all for the legacy UNet++)")
+    p.add_argument("--random-draws", type=int, default=1, help="random placements per seed")
     p.add_argument("--round1", type=int, default=300, help="steps from scratch")
     p.add_argument("--round2", type=int, default=200, help="steps after the new strokes")
     p.add_argument("--add-slices", type=int, default=2)
@@ -142,10 +180,10 @@ def main() -> None:
     p.add_argument("--spread", type=int, default=1, help="min distance of ranked slices")
     p.add_argument("--smooth", type=float, default=8.0, help="px, Gaussian on the map")
     p.add_argument("--power", type=float, default=2.0, help="weights = smoothed map ** power")
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--width", type=int, default=8)
-    p.add_argument("--patch", type=int, default=128)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--depth", type=int, default=4, help="legacy recipe only")
+    p.add_argument("--width", type=int, default=8, help="legacy recipe only")
+    p.add_argument("--patch", type=int, default=128, help="legacy recipe only")
+    p.add_argument("--batch", type=int, default=4, help="legacy recipe only")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few steps")
     p.add_argument("--json")
@@ -154,20 +192,26 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.seeds, args.round1, args.round2, args.width = "0", 40, 20, 4
+    if args.methods is None:
+        args.methods = ",".join(METHODS) if args.recipe == "legacy" else "entropy,tta"
     methods = [m for m in args.methods.split(",") if m]
-    conditions = ["random", *(f"{m}:{p}" for m in methods for p in args.placements.split(","))]
+    randoms = ["random", *(f"random#{k}" for k in range(2, args.random_draws + 1))]
+    conditions = [*randoms, *(f"{m}:{p}" for m in methods for p in args.placements.split(","))]
     image = tifffile.imread(args.data / "train-volume.tif")
     gt = tifffile.imread(args.data / "train-labels.tif")
     train_img, train_gt = image[:25], gt[:25]
-    model_cfg = ModelConfig(arch="unetpp", depth=args.depth, width=args.width)
+    model_cfg, train_kw = recipe(args)
     rows, t_start = [], time.perf_counter()
     for seed in (int(s) for s in args.seeds.split(",")):
-        cfg = TrainConfig(iterations=args.round1, batch_size=args.batch, patch_size=args.patch,
-                          device="cpu", val_fraction=0, seed=seed)
+        cfg = TrainConfig(iterations=args.round1, device="cpu", val_fraction=0, seed=seed,
+                          **train_kw)
         first = membrane_strokes(train_gt, slices=FIRST, seed=seed)
         r1 = fit(train_img, first, model_cfg, cfg)
+        maps = [m for m in methods if m != ORACLE] or ["entropy"]  # one forward pass
         unc = uncertainty_maps(r1.model, train_img, normalization=r1.normalization,
-                               methods=methods, slices=CANDIDATES)
+                               methods=maps, slices=CANDIDATES)
+        if ORACLE in methods:
+            unc.maps[ORACLE] = errors(unc, train_gt)
         row = {"seed": seed, "round1": score(r1, image[TEST], gt[TEST]),
                "pointing": how_well_it_points(unc, train_gt), "round2": {}}
         print(f"seed {seed} round 1 {row['round1']} pointing {row['pointing']}", flush=True)
@@ -186,7 +230,7 @@ def main() -> None:
         vals = {k: [r["round2"][where][k] for r in rows] for k in ("v_rand", "v_info")}
         summary[where] = {f"{k}_mean": round(float(np.mean(v)), 4) for k, v in vals.items()}
         summary[where].update({f"{k}_sd": round(float(np.std(v)), 4) for k, v in vals.items()})
-        if where != "random":
+        if where != "random":  # random#k too: the noise between two uninformed users
             for k in ("v_rand", "v_info"):
                 d = [r["round2"][where][k] - r["round2"]["random"][k] for r in rows]
                 summary[where][f"{k}_minus_random"] = [round(x, 4) for x in d]
