@@ -19,7 +19,8 @@ The loop of the Train widget, simulated on ISBI 2012 (train on slices 0-24, scor
      strokes: how far two equally uninformed users differ is the noise a map must beat;
    - ``<method>:<placement>`` (``--placements``), where the method's map guides
      - ``rank``: the slices, the most uncertain ones ("jump to the worst slice"), at least
-       ``--spread`` slices apart (neighbouring EM sections look alike); starts uniform;
+       ``--spread`` slices apart (``uncertainty.visit_order``, as *Worst slice* visits them;
+       neighbouring EM sections look alike); starts uniform;
      - ``where``: the starts, drawn with probability proportional to the uncertainty
        smoothed over ``--smooth`` px (a user painting where the layer is hot), on random
        slices;
@@ -65,7 +66,13 @@ from napari_unetseg.inference import InferenceConfig, predict  # noqa: E402
 from napari_unetseg.presets import MODEL_KEYS, TRAIN_KEYS, preset  # noqa: E402
 from napari_unetseg.strokes import membrane_strokes  # noqa: E402
 from napari_unetseg.training import TrainConfig, fit  # noqa: E402
-from napari_unetseg.uncertainty import METHODS, rank_slices, uncertainty_maps  # noqa: E402
+from napari_unetseg.uncertainty import (  # noqa: E402
+    METHODS,
+    SPREAD,
+    rank_slices,
+    uncertainty_maps,
+    visit_order,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared/data/isbi2012"
@@ -115,17 +122,6 @@ def how_well_it_points(unc, gt: np.ndarray) -> dict:
     return out
 
 
-def spread_top(ranked: list[tuple[int, float]], n: int, spread: int) -> list[int]:
-    """The ``n`` most uncertain slices at least ``spread`` apart (fewer if none is left)."""
-    out: list[int] = []
-    for z, _ in ranked:
-        if all(abs(z - o) >= spread for o in out):
-            out.append(z)
-        if len(out) == n:
-            break
-    return sorted(out)
-
-
 def add_strokes(gt: np.ndarray, old: np.ndarray, condition: str, unc, args, seed: int
                 ) -> tuple[np.ndarray, list[int]]:
     """Round-1 strokes plus the new ones of one condition, and the slices painted."""
@@ -135,8 +131,8 @@ def add_strokes(gt: np.ndarray, old: np.ndarray, condition: str, unc, args, seed
     if method.startswith("random") or "rank" not in placement:
         slices = sorted(rng.choice(CANDIDATES, args.add_slices, replace=False).tolist())
     else:
-        slices = spread_top(rank_slices(unc.maps[method], unc.slices), args.add_slices,
-                            args.spread)
+        ranked = rank_slices(unc.maps[method], unc.slices)
+        slices = sorted(visit_order(ranked, args.spread)[:args.add_slices])
     weights = None
     if "where" in placement:
         weights = np.zeros(gt.shape, np.float64)
@@ -177,7 +173,7 @@ def main() -> None:
     p.add_argument("--strokes", type=int, default=20, help="new strokes per added slice")
     p.add_argument("--placements", default="rank+where",
                    help="comma-separated among rank, where, rank+where")
-    p.add_argument("--spread", type=int, default=1, help="min distance of ranked slices")
+    p.add_argument("--spread", type=int, default=SPREAD, help="min distance of ranked slices")
     p.add_argument("--smooth", type=float, default=8.0, help="px, Gaussian on the map")
     p.add_argument("--power", type=float, default=2.0, help="weights = smoothed map ** power")
     p.add_argument("--depth", type=int, default=4, help="legacy recipe only")

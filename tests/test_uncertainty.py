@@ -11,7 +11,14 @@ import torch
 from napari_unetseg.config import ModelConfig
 from napari_unetseg.models import build_model
 from napari_unetseg.normalize import Normalization
-from napari_unetseg.uncertainty import METHODS, rank_slices, uncertainty, uncertainty_maps
+from napari_unetseg.uncertainty import (
+    METHODS,
+    SPREAD,
+    rank_slices,
+    uncertainty,
+    uncertainty_maps,
+    visit_order,
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +97,16 @@ def test_rank_slices_puts_the_most_uncertain_first():
     assert ranked == [(9, pytest.approx(0.25)), (7, 0.0)]
     with pytest.raises(ValueError, match="planes"):
         rank_slices(maps, slices=[0])
+
+
+def test_visit_order_keeps_slices_apart_and_painted_slices_last():
+    ranked = [(7, 0.9), (8, 0.8), (20, 0.7), (2, 0.6), (9, 0.5)]
+    # pass 1 takes 7 and 20 (8 and 9 are neighbours of 7), pass 2 takes 8, pass 3 takes 9;
+    # slice 2 holds strokes, so it comes last although it ranks above 9
+    assert visit_order(ranked, spread=3, painted=[2]) == [7, 20, 8, 9, 2]
+    assert visit_order(ranked, spread=1) == [7, 8, 20, 2, 9]  # the ranking itself
+    assert visit_order(ranked, spread=0, painted={7, 2}) == [8, 20, 9, 7, 2]
+    assert SPREAD == 3 and visit_order(ranked) == [7, 20, 2, 8, 9]
+    assert visit_order([]) == []
+    with pytest.raises(ValueError, match="spread"):
+        visit_order(ranked, spread=-1)

@@ -17,8 +17,11 @@ Three measures, computed tile by tile with the inference engine's tiling
 
 :func:`uncertainty` is a generator (progress per batch of tiles) returning an
 :class:`UncertaintyResult`; :func:`uncertainty_maps` drains it. :func:`rank_slices` orders
-slices by their mean uncertainty, worst first. Which measure points at the model's errors is
-measured by ``benchmarks/where_to_paint.py`` (see ``docs/performance.md``).
+slices by their mean uncertainty, worst first; :func:`visit_order` turns that ranking into the
+order in which to paint them (slices not painted yet first, each pass keeping its slices
+:data:`SPREAD` apart, as ``benchmarks/where_to_paint.py`` measured it). Which measure points at
+the model's errors, and whether strokes placed by it beat random ones, is measured by that
+benchmark (see ``docs/performance.md``): entropy is the measure offered first.
 """
 
 from __future__ import annotations
@@ -37,9 +40,13 @@ from .inference import ProgressEvent, _layout, _read_slice, _slice_indices
 from .predictor import inference_network, tile_geometry
 from .tiling import iter_tiled, plan_tiles
 
-__all__ = ["METHODS", "UncertaintyResult", "rank_slices", "uncertainty", "uncertainty_maps"]
+__all__ = ["METHODS", "SPREAD", "UncertaintyResult", "rank_slices", "uncertainty",
+           "uncertainty_maps", "visit_order"]
 
 METHODS = ("entropy", "tta", "heads")
+#: Least distance between the slices one pass of :func:`visit_order` proposes: neighbouring
+#: EM sections look alike, so strokes on two neighbours teach little more than on one.
+SPREAD = 3
 _FLIPS = ((), (-1,), (-2,), (-2, -1))
 
 
@@ -216,3 +223,29 @@ def rank_slices(maps: np.ndarray, slices: Sequence[int] | None = None) -> list[t
     means = arr.reshape(len(arr), -1).mean(1)
     order = sorted(range(len(arr)), key=lambda i: (-means[i], names[i]))
     return [(names[i], float(means[i])) for i in order]
+
+
+def visit_order(ranked: Sequence[tuple[int, float]], spread: int = SPREAD,
+                painted: Iterable[int] = ()) -> list[int]:
+    """The slices of ``ranked`` (:func:`rank_slices`) in the order to paint them.
+
+    Slices not in ``painted`` come first, then the painted ones. Within each group the order
+    is made in passes: a pass walks the ranking (most uncertain first) and takes each slice at
+    least ``spread`` from every slice it took already; the next pass does the same with the
+    slices left, until none is. ``spread <= 1`` keeps the ranking's order.
+    """
+    if spread < 0:
+        raise ValueError(f"spread must be >= 0, got {spread}")
+    done = {int(z) for z in painted}
+    out: list[int] = []
+    for group in ([z for z, _ in ranked if z not in done], [z for z, _ in ranked if z in done]):
+        left = list(group)
+        while left:
+            took: list[int] = []
+            for z in left:
+                if all(abs(z - o) >= spread for o in took):
+                    took.append(z)
+            out += took
+            taken = set(took)
+            left = [z for z in left if z not in taken]
+    return out

@@ -17,12 +17,13 @@ def _measure(train, name):
 def test_uncertainty_layer_keeps_the_image_visible_and_the_jump_goes_to_the_worst(
         viewer, image, scribbles, train_tiny, click, qtbot, wait_job, notes):
     train = train_tiny(arch="UNet++", iterations=6, preview_every=0)
+    panel = train.paint_next
+    assert panel.method() == "entropy"  # the measure whose strokes beat random ones
     click(train.train_button)
     wait_job(train)
     viewer.layers.selection.active = scribbles
     scribbles.mode = "erase"
     viewer.dims.set_current_step(0, 0)
-    panel = train.paint_next
     _measure(train, "heads")
     click(panel.compute_button)
     name = f"{image.name} uncertainty"
@@ -43,6 +44,32 @@ def test_uncertainty_layer_keeps_the_image_visible_and_the_jump_goes_to_the_wors
     click(panel.jump_button)
     assert viewer.dims.current_step[0] == int(np.argmin(means))
     assert viewer.layers.selection.active is scribbles and not notes
+
+
+def test_worst_slice_goes_to_unpainted_slices_first(
+        viewer, image, scribbles, train_tiny, click, qtbot, wait_job, notes):
+    train = train_tiny(arch="UNet++", iterations=6, preview_every=0)
+    click(train.train_button)
+    wait_job(train)
+    panel = train.paint_next
+    _measure(train, "heads")
+    click(panel.compute_button)
+    qtbot.waitUntil(lambda: bool(panel.ranking), timeout=30_000)
+    worst, better = (z for z, _ in panel.ranking)
+    data = np.asarray(scribbles.data).copy()
+    data[better] = 0  # the less uncertain slice has no strokes now
+    scribbles.data = data
+    panel.ranking = []
+    click(panel.compute_button)
+    qtbot.waitUntil(lambda: bool(panel.ranking), timeout=30_000)
+    assert [z for z, _ in panel.ranking] == [worst, better]
+    assert panel.order == [better, worst]
+    click(panel.jump_button)
+    assert viewer.dims.current_step[0] == better
+    assert f"slice {better}: uncertainty rank 2 of 2" in panel.status.text()
+    click(panel.jump_button)
+    assert viewer.dims.current_step[0] == worst
+    assert not notes
 
 
 def test_where_to_paint_next_during_training_uses_the_running_model(

@@ -4,21 +4,25 @@ A panel of the Train widget. *Where to paint next* computes a per-pixel uncertai
 the whole stack (:mod:`napari_unetseg.uncertainty`) with the current model (a copy of the one
 being trained, taken between two steps, or the trained / loaded one) in a worker thread, and
 shows it as an Image layer over the image: transparent where the model is sure, yellow to red
-where it is not, so the image stays visible. Slices are ranked by their mean uncertainty;
-*Worst slice* moves the viewer to the most uncertain slice, and each further click to the
-next one. The selection and the tool of the layer being painted are left alone.
+where it is not, so the image stays visible. Slices are ranked by their mean uncertainty and
+visited in :func:`napari_unetseg.uncertainty.visit_order`: *Worst slice* moves the viewer to
+the most uncertain slice with no strokes yet, and each further click to the next one, at least
+:data:`~napari_unetseg.uncertainty.SPREAD` slices from those proposed before (then the rest,
+the painted slices last). Entropy is the measure offered first: strokes placed where it is
+high beat random strokes in ``benchmarks/where_to_paint.py``. The selection and the tool of
+the layer being painted are left alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.utils.colormaps import Colormap
 from qtpy.QtWidgets import QComboBox, QGridLayout, QLabel, QPushButton, QWidget
 
-from ..uncertainty import rank_slices, uncertainty
+from ..uncertainty import rank_slices, uncertainty, visit_order
 from . import _common
 from ._live import kept_selection, place_above, weak_callback
 from ._worker import Job
@@ -28,8 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = ["COLORMAP", "MEASURES", "PaintNextPanel"]
 
-#: Shown name -> :mod:`napari_unetseg.uncertainty` method.
-MEASURES = {"flip-TTA disagreement": "tta", "entropy": "entropy",
+#: Shown name -> :mod:`napari_unetseg.uncertainty` method; the first is the default.
+MEASURES = {"entropy": "entropy", "flip-TTA disagreement": "tta",
             "UNet++ heads disagreement": "heads"}
 #: Transparent where the model is sure, then yellow, orange, red.
 COLORMAP = Colormap(
@@ -51,14 +55,19 @@ class PaintNextPanel(QWidget):
         ``request()`` asks the Train widget for a model: it answers by calling
         :meth:`compute` (at once, or from the worker's next event while training runs), or
         returns False after telling the user why not.
+    painted : callable, optional
+        ``painted()`` gives the slices that hold strokes (visited last).
     """
 
     def __init__(self, viewer: napari.Viewer, owner: str, request: Callable[[], bool],
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None,
+                 painted: Callable[[], Iterable[int]] | None = None) -> None:
         super().__init__(parent)
         self.viewer, self.owner, self._request = viewer, owner, weak_callback(request)
+        self._painted = weak_callback(painted) if painted is not None else None
         self.job: Job | None = None
         self.ranking: list[tuple[int, float]] = []
+        self.order: list[int] = []
         self._next = 0
         self._image: Any = None
         self.measure = QComboBox()
@@ -68,7 +77,8 @@ class PaintNextPanel(QWidget):
         self.compute_button.setToolTip("show where the current model is unsure, over the "
                                        "whole stack")
         self.jump_button = QPushButton("Worst slice")
-        self.jump_button.setToolTip("go to the most uncertain slice (again: the next one)")
+        self.jump_button.setToolTip("go to the most uncertain slice without strokes (again: "
+                                    "the next one, a few slices away)")
         self.jump_button.setEnabled(False)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -131,21 +141,25 @@ class PaintNextPanel(QWidget):
             place_above(self.viewer, layer, image)
         layer.contrast_limits = (0.0, max(top, 1e-3))
         self.ranking = rank_slices(data, result.slices if data.ndim == 3 else None)
+        painted = self._painted() if self._painted is not None else ()
+        self.order = visit_order(self.ranking, painted=painted or ())
         self._next = 0
         self.jump_button.setEnabled(data.ndim == 3 and len(self.ranking) > 1)
-        worst = ", ".join(str(z) for z, _ in self.ranking[:3])
-        self.status.setText(f"most uncertain slices: {worst}" if data.ndim == 3
+        worst = ", ".join(str(z) for z in self.order[:3])
+        self.status.setText(f"paint next: slices {worst}" if data.ndim == 3
                             else f"mean uncertainty {self.ranking[0][1]:.3f}")
 
     def jump(self) -> int | None:
-        """Show the next slice of the ranking (the worst first); returns its index."""
+        """Show the next slice of :attr:`order` (the worst unpainted first); returns its
+        index."""
         image = self._image
-        if not self.ranking or image is None or image.name not in self.viewer.layers:
+        if not self.order or image is None or image.name not in self.viewer.layers:
             return None
-        z, value = self.ranking[self._next % len(self.ranking)]
+        z = self.order[self._next % len(self.order)]
         self._next += 1
+        rank, value = next((i + 1, v) for i, (s, v) in enumerate(self.ranking) if s == z)
         world = image.data_to_world([z, 0, 0])[0]
         self.viewer.dims.set_point(0, world)
-        self.status.setText(f"slice {z}: rank {(self._next - 1) % len(self.ranking) + 1} of "
-                            f"{len(self.ranking)}, mean uncertainty {value:.3f}")
+        self.status.setText(f"slice {z}: uncertainty rank {rank} of {len(self.ranking)} "
+                            f"(mean {value:.3f})")
         return z

@@ -90,7 +90,7 @@ class TrainWidget(QWidget):
         self.dice_plot = LinePlot("validation Dice", ("val",), y_range=(0.0, 1.0))
         self.feed = LabelsFeed(self.subscriptions, self._painted, self)
         self.paint_next = PaintNextPanel(napari_viewer, self.owner, self._model_for_paint_next,
-                                         self)
+                                         self, painted=self._painted_slices)
         self._layout()
         self.train_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
@@ -271,6 +271,14 @@ class TrainWidget(QWidget):
     def _painted(self, labels: np.ndarray) -> None:
         if self.live is not None and self.job is not None and self.job.running:
             self.live.update_labels(labels)
+
+    def _painted_slices(self) -> list[int]:
+        """The slices of the labels layer that hold strokes (none for a 2D layer)."""
+        labels = self.labels_picker.layer()
+        data = None if labels is None else np.asarray(labels.data)
+        if data is None or data.ndim != 3:
+            return []
+        return [int(z) for z in np.flatnonzero(data.reshape(len(data), -1).any(1))]
 
     def _model_for_paint_next(self) -> bool:
         """Hand the panel a model: a copy of the one training (at its next step), else the
