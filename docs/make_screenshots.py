@@ -2,9 +2,10 @@
 
 Runs the user story on the bundled EM sample in the window ``napari-unetseg gui`` opens (the
 screen's size, the four widgets in one tabbed dock): paint sparse labels, Train (UNet++, CPU)
-with the Advanced section open, Segment the stack, preview the weight map of touching cells,
-and compare UNet++ levels. Every scene is taken with all four widgets docked, on a
-1600 x 1000 screen, and the script fails if a widget's main button is hidden.
+with the Advanced section open, show where to paint next (the entropy map, the worst slice),
+Segment the stack, preview the weight map of touching cells, and compare UNet++ levels. Every
+scene is taken with all four widgets docked, on a 1600 x 1000 screen, and the script fails if
+a widget's main button (or the button the scene is about) is hidden.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py
 
@@ -55,7 +56,7 @@ def show_tab(widget) -> None:
     pump(0.5)
 
 
-def check_visible(name: str, widget) -> None:
+def check_visible(name: str, widget, button_text: str | None = None) -> None:
     """Exit if the widget's main button is not entirely inside the visible part of its dock
     and of the window (the scene would hide what the guide talks about)."""
     from qtpy.QtCore import QRect
@@ -68,17 +69,18 @@ def check_visible(name: str, widget) -> None:
     def rect(w) -> QRect:
         return QRect(w.mapTo(window, w.rect().topLeft()), w.size())
 
-    button = next(b for b in widget.findChildren(QPushButton) if b.text() == PRIMARY[name])
+    text = button_text or PRIMARY[name]
+    button = next(b for b in widget.findChildren(QPushButton) if b.text() == text)
     inside = rect(scroll_area(widget).viewport()) & rect(dock_of(widget)) & window.rect()
     if not (dock_of(widget).isVisible() and inside.contains(rect(button))):
-        sys.exit(f"{name}: button {PRIMARY[name]!r} is hidden: {rect(button)} not in {inside}")
+        sys.exit(f"{name}: button {text!r} is hidden: {rect(button)} not in {inside}")
 
 
-def shot(viewer, name: str, widget_name: str, widget) -> None:
+def shot(viewer, name: str, widget_name: str, widget, button_text: str | None = None) -> None:
     from skimage.io import imsave
 
     pump(0.5)
-    check_visible(widget_name, widget)
+    check_visible(widget_name, widget, button_text)
     img = viewer.screenshot(canvas_only=False, flash=False)
     imsave(OUT / name, img, check_contrast=False)
     print("wrote", OUT / name, img.shape)
@@ -120,6 +122,20 @@ def main() -> None:
     train.train_button.click()
     wait(train)
     shot(viewer, "train.png", "Train", train)
+
+    # where to paint next: the entropy map of the trained model, the viewer on the worst slice
+    from napari_unetseg._widgets._layout import scroll_area
+
+    panel = train.paint_next
+    if panel.method() != "entropy":
+        sys.exit(f"where to paint next does not default to entropy: {panel.method()}")
+    panel.compute_button.click()
+    wait(panel)
+    panel.jump_button.click()
+    scroll_area(train).ensureWidgetVisible(panel)
+    shot(viewer, "paint_next.png", "Train", train, "Worst slice")
+    viewer.layers[f"{image.name} uncertainty"].visible = False
+    scroll_area(train).verticalScrollBar().setValue(0)
 
     seg = docks["Segment"]
     show_tab(seg)

@@ -21,7 +21,7 @@ slices by their mean uncertainty, worst first; :func:`visit_order` turns that ra
 order in which to paint them (slices not painted yet first, each pass keeping its slices
 :data:`SPREAD` apart, as ``benchmarks/where_to_paint.py`` measured it). Which measure points at
 the model's errors, and whether strokes placed by it beat random ones, is measured by that
-benchmark (see ``docs/performance.md``): entropy is the measure offered first.
+benchmark (see ``docs/performance.md``).
 """
 
 from __future__ import annotations

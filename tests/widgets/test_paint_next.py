@@ -18,7 +18,7 @@ def test_uncertainty_layer_keeps_the_image_visible_and_the_jump_goes_to_the_wors
         viewer, image, scribbles, train_tiny, click, qtbot, wait_job, notes):
     train = train_tiny(arch="UNet++", iterations=6, preview_every=0)
     panel = train.paint_next
-    assert panel.method() == "entropy"  # the measure whose strokes beat random ones
+    assert panel.method() == "entropy"  # one pass; points at errors as well as flip TTA
     click(train.train_button)
     wait_job(train)
     viewer.layers.selection.active = scribbles

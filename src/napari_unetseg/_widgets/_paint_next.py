@@ -8,9 +8,10 @@ where it is not, so the image stays visible. Slices are ranked by their mean unc
 visited in :func:`napari_unetseg.uncertainty.visit_order`: *Worst slice* moves the viewer to
 the most uncertain slice with no strokes yet, and each further click to the next one, at least
 :data:`~napari_unetseg.uncertainty.SPREAD` slices from those proposed before (then the rest,
-the painted slices last). Entropy is the measure offered first: strokes placed where it is
-high beat random strokes in ``benchmarks/where_to_paint.py``. The selection and the tool of
-the layer being painted are left alone.
+the painted slices last). Entropy is the measure offered first: one forward pass (flip TTA
+takes four), and it points at the model's errors as well as flip TTA does in
+``benchmarks/where_to_paint.py``. The selection and the tool of the layer being painted are
+left alone.
 """
 
 from __future__ import annotations
