@@ -102,7 +102,7 @@ def membrane_prob(result, image: np.ndarray) -> np.ndarray:
 
 def score(result, image: np.ndarray, gt: np.ndarray) -> dict:
     s = metrics.isbi_scores(membrane_prob(result, image), gt)
-    return {"v_rand": round(s["v_rand"], 4), "v_info": round(s["v_info"], 4)}
+    return {k: round(s[k], 4) for k in ("v_rand", "v_info", "v_rand_split", "v_rand_merge")}
 
 
 def errors(unc, gt: np.ndarray) -> np.ndarray:
@@ -221,7 +221,8 @@ def main() -> None:
             row["round2"][where] = s
             print(f"seed {seed} round 2 {where:16s} {s}", flush=True)
         rows.append(row)
-    summary = {}
+    summary = {"round1": {f"{k}_mean": round(float(np.mean([r["round1"][k] for r in rows])), 4)
+                          for k in ("v_rand", "v_info")}}
     for where in conditions:
         vals = {k: [r["round2"][where][k] for r in rows] for k in ("v_rand", "v_info")}
         summary[where] = {f"{k}_mean": round(float(np.mean(v)), 4) for k, v in vals.items()}
@@ -230,6 +231,7 @@ def main() -> None:
             for k in ("v_rand", "v_info"):
                 d = [r["round2"][where][k] - r["round2"]["random"][k] for r in rows]
                 summary[where][f"{k}_minus_random"] = [round(x, 4) for x in d]
+                summary[where][f"{k}_wins"] = f"{sum(x > 0 for x in d)} of {len(d)}"
         print(f"{where:16s} {summary[where]}", flush=True)
     emit({"benchmark": "where_to_paint", "data": "ISBI 2012: strokes on 0-24, scored on 25-29",
           "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
