@@ -111,6 +111,33 @@ def test_training_runs_rounds_on_its_clock(stack):
     assert res.metadata["pseudo_rounds"] == 0
 
 
+def test_a_slow_round_leaves_time_to_train(stack, monkeypatch):
+    """A round slower than its period (a slow CPU, big slices) does not come after every
+    step: the next one waits ROUND_SPACING times as long as the last one took."""
+    from napari_unetseg.training import ROUND_SPACING
+
+    image, strokes = stack
+    n = [0.0]
+
+    def stop() -> bool:  # one fake second per loop turn
+        n[0] += 1
+        return False
+
+    update = PseudoLabels.update
+
+    def slow(self, *args, **kwargs):  # each round takes 10 fake seconds
+        n[0] += 10
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(PseudoLabels, "update", slow)
+    cfg = TrainConfig(iterations=30, batch_size=2, patch_size=32, device="cpu", val_fraction=0,
+                      augment=AugmentConfig.off(), self_training_s=3.0, pseudo_slices=2)
+    res = fit(image, strokes, TINY, cfg, stop=stop, clock=lambda: n[0])
+    # rounds at turn 3 (3 s -> 13 s), then not before 13 + 2 * 10 = 33 s (turn 23, -> 43 s)
+    assert ROUND_SPACING == 2.0
+    assert res.metadata["pseudo_rounds"] == 2  # without the spacing: a round every turn
+
+
 def test_training_takes_the_class_balanced_share_of_pseudo_labels(stack, monkeypatch):
     import napari_unetseg.selftrain as selftrain
     from napari_unetseg.training import train

@@ -228,3 +228,36 @@ def test_training_from_a_model_has_no_teacher(blobs):
     assert "teacher_fits" not in again.metadata
     resumed = fit(image, strokes, TINY, cfg, resume=first)  # going on: the teacher too
     assert resumed.metadata["teacher_fits"] == 1
+
+
+def test_a_slow_forest_is_not_refitted_at_once(blobs, monkeypatch):
+    """New strokes refit the forest REFIT_S after the last fit, but after a fit that took
+    ``c`` seconds not before ROUND_SPACING * c more: a slow fit leaves time to train."""
+    image, strokes, _ = blobs
+    n = [0.0]
+
+    def clock() -> float:  # 1 fake second per reading
+        n[0] += 1.0
+        return n[0]
+
+    fit_targets = ForestTeacher._targets
+
+    def slow(self, *args, **kwargs):  # each fit takes 100 fake seconds
+        n[0] += 100.0
+        return fit_targets(self, *args, **kwargs)
+
+    monkeypatch.setattr(ForestTeacher, "_targets", slow)
+    cfg = TrainConfig(iterations=8, batch_size=2, patch_size=32, device="cpu", val_fraction=0,
+                      augment=AugmentConfig.off(), teacher="forest", teacher_slices=1,
+                      log_every=1)
+    run = train(image, strokes, TINY, cfg, clock=clock)
+    next(run)
+    more = strokes.copy()
+    more[2, 40:43, 30:50] = 1
+    run.update_labels(more)
+    try:
+        while True:
+            next(run)
+    except StopIteration as done:  # REFIT_S (20 s) passed, but not 200 s more
+        assert done.value.metadata["teacher_fits"] == 1
+    assert run.forest.not_before_s > run.forest.last_s + 200

@@ -1,7 +1,7 @@
 """Self-training on the stack's unpainted pixels: the network's own confident predictions.
 
-Strokes label about 2 % of a slice or two, and a network fitted to them alone starts to
-overfit them after a few hundred steps. Every ``self_training_s`` seconds of training
+Strokes label about 2 % of a slice or two, and a network fitted to them alone starts to overfit
+them after a few hundred steps. Every ``self_training_s`` seconds of training
 (:class:`~napari_unetseg.training.TrainConfig`), :class:`PseudoLabels` predicts a few slices of
 the stack with the network being trained (the painted slices, then the others in turn) and
 keeps, as extra training targets, the pixels it predicts with a probability of at least
@@ -10,10 +10,12 @@ renewed each round, so early mistakes are not frozen). With ``pseudo_portion`` b
 rounds are class-balanced (Zou et al. 2018, "class-balanced self-training"): of the pixels
 predicted as each class only the surest share is kept, so the class the network is surer of
 (cell interior, or membrane once it has grown) cannot take over the unpainted pixels round
-after round. The user's strokes always win: pseudo labels only fill pixels that are neither
-training nor validation strokes, and are never used for validation. A teacher's targets
-(:mod:`napari_unetseg.teacher`, held in ``taught``) come between the two: under the strokes,
-over the network's own. Measured in
+after round. A round takes at most a third of the training time: after one that took ``c``
+seconds the next waits at least ``2 c`` (``training.ROUND_SPACING``), so slow predictions (a
+slow CPU, big slices) cannot leave one step between rounds. The user's strokes always win:
+pseudo labels only fill pixels that are neither training nor validation strokes, and are never
+used for validation. A teacher's targets (:mod:`napari_unetseg.teacher`, held in ``taught``)
+come between the two: under the strokes, over the network's own. Measured in
 ``benchmarks/scribbles.py`` (docs/performance.md): with the plain rule (p >= 0.9) a run can
 drift after a minute, the membranes growing onto organelles or thinning into gaps; the fast
 preset's class-balanced rounds (the surer half of each class, ``pseudo_portion=0.5``) held
@@ -82,6 +84,7 @@ class PseudoLabels:
         self.every_s, self.slices, self.confidence = every_s, slices, confidence
         self.portion, self.balance = portion, balance
         self.next_s = every_s
+        self.not_before_s = 0.0  # no round before this run time (set by the training)
         self.rounds = 0
         self._turn = 0
         self.targets: dict[int, np.ndarray] = {}  # slice -> (H, W) int16 class or IGNORE
@@ -91,7 +94,7 @@ class PseudoLabels:
         self.base: TrainingData | None = None  # the data with the user's strokes only
 
     def due(self, elapsed_s: float) -> bool:
-        return self.every_s > 0 and elapsed_s >= self.next_s
+        return self.every_s > 0 and elapsed_s >= max(self.next_s, self.not_before_s)
 
     def pick(self, data: TrainingData) -> list[int]:
         """The slices of this round: the painted (or taught) ones, then the next others in

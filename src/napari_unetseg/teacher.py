@@ -9,7 +9,8 @@ ones, then others spread over the stack) and keeps the pixels it is sure of
 on the strokes, the forest's sure pixels and, with self-training, its own
 (:class:`~napari_unetseg.selftrain.PseudoLabels`, which holds the targets). The network ends
 up better than its teacher: it learns the context the forest's per-pixel features lack.
-Strokes painted during training refit the forest at most every :data:`REFIT_S` seconds.
+Strokes painted during training refit the forest at most every :data:`REFIT_S` seconds, and
+after a fit that took ``c`` seconds not before ``2 c`` more (``training.ROUND_SPACING``).
 Measured in ``benchmarks/scribbles.py`` (docs/performance.md).
 
 The features are scikit-image's ``multiscale_basic_features`` (intensity, edges and Hessian
@@ -104,15 +105,18 @@ class ForestTeacher:
         self.fits = 0
         self.fitted_on: TrainingData | None = None  # the data of the last fit (its strokes)
         self.last_s = -np.inf  # run time of the last fit
+        self.not_before_s = -np.inf  # no refit before this run time (set by the training)
         self.seconds = 0.0  # spent fitting and predicting, all fits
         self.forest = None  # the last fitted forest (None before a fit with two classes)
 
     def due(self, data: TrainingData, elapsed_s: float) -> bool:
         """True before the first fit, and when ``data`` (the strokes: new strokes make new
-        training data) is not what the last fit saw, :data:`REFIT_S` seconds after it."""
+        training data) is not what the last fit saw, :data:`REFIT_S` seconds after it and not
+        before :attr:`not_before_s`."""
         if self.fitted_on is None:
             return True
-        return data is not self.fitted_on and elapsed_s - self.last_s >= REFIT_S
+        return (data is not self.fitted_on and elapsed_s - self.last_s >= REFIT_S
+                and elapsed_s >= self.not_before_s)
 
     def pick(self, data: TrainingData) -> list[int]:
         """The painted slices, then evenly spread others, :attr:`slices` in all (at least

@@ -58,6 +58,11 @@ __all__ = [
 ]
 
 _FLUSH_S = 0.5
+#: Self-training rounds and the teacher's refits take at most 1 / (1 + ROUND_SPACING) of the
+#: training time: after one that took ``c`` seconds the next waits at least
+#: ``ROUND_SPACING * c``. Without it a round slower than its period (a slow CPU, big slices)
+#: would come after every step and training would all but stop.
+ROUND_SPACING = 2.0
 log = logging.getLogger(__name__)
 
 
@@ -530,6 +535,13 @@ def _samplers(s: _Setup) -> tuple[PatchSampler, list]:
     return sampler, val.validation_batches(cfg.batch_size, cfg.val_patches)
 
 
+def _spaced(s: _Setup, c0: float, start: float) -> float:
+    """Run time before which the next round may not start, after one that started at
+    ``start`` and ends now (:data:`ROUND_SPACING`)."""
+    end = (time.perf_counter() if s.clock is None else s.clock()) - c0
+    return end + ROUND_SPACING * max(0.0, end - start)
+
+
 def _resampled(s: _Setup, sampler: PatchSampler) -> tuple[PatchSampler, list]:
     """:func:`_samplers` of ``s.data`` (new labels), the random stream of ``sampler`` going
     on."""
@@ -595,10 +607,12 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
             used = (time.perf_counter() if s.clock is None else s.clock()) - c0
         if not stopped and s.forest is not None and s.forest.due(s.pseudo.base, used):
             s.pseudo.taught = s.forest.targets(s.pseudo.base, used)  # its time counts
+            s.forest.not_before_s = _spaced(s, c0, used)
             s.data = s.pseudo.apply(s.pseudo.base)
             sampler, _ = _resampled(s, sampler)
         if not stopped and s.pseudo is not None and step and s.pseudo.due(used):
             s.data = s.pseudo.update(model, s.device, used)  # the time it takes counts
+            s.pseudo.not_before_s = _spaced(s, c0, used)
             sampler, _ = _resampled(s, sampler)
             model.train()
         if budget is not None:
