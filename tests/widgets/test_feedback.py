@@ -121,3 +121,23 @@ def test_levels_offers_unetpp_and_its_output_leaves_the_image_visible(
                     timeout=30_000)
     out = next(layer for layer in viewer.layers if "level output" in layer.name)
     assert out.blending == "translucent" and out.opacity <= 0.6
+
+
+def test_the_level_output_keeps_the_brush_on_the_painted_layer(
+        viewer, image, scribbles, dock, train_tiny, wait_job, qtbot):
+    """Moving to another slice makes the docked levels widget show its level there: that
+    must not select its output layer (the brush would be lost) nor lay it over the strokes."""
+    levels = dock("UNet++ levels")
+    train = train_tiny(arch="UNet++", iterations=2, preview_every=0)
+    train.start()
+    wait_job(train)
+    levels.image_picker.set_layer(image.name)
+    viewer.layers.selection.active = scribbles
+    scribbles.mode = "paint"
+    name = f"{image.name} level output"
+    assert name not in viewer.layers
+    viewer.dims.set_current_step(0, 1 - viewer.dims.current_step[0])
+    qtbot.waitUntil(lambda: name in viewer.layers, timeout=30_000)
+    assert viewer.layers.selection.active is scribbles and scribbles.mode == "paint"
+    names = [layer.name for layer in viewer.layers]
+    assert names.index(name) == names.index(image.name) + 1 < names.index(scribbles.name)

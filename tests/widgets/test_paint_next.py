@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from napari.layers import Image
 
-from napari_unetseg._widgets._paint_next import MEASURES
+from napari_unetseg._widgets._paint_next import MEASURES, display_limits
 
 FOREVER = 100_000
 
@@ -38,6 +39,8 @@ def test_uncertainty_layer_keeps_the_image_visible_and_the_jump_goes_to_the_wors
     assert layer.colormap.map(np.array([0.0]))[0, 3] == 0
     assert layer.colormap.map(np.array([1.0]))[0, 3] > 0.5
     assert layer.data.min() >= 0 and layer.data.max() <= 1 and layer.data.max() > 0
+    # the surer half of the pixels is clear, whatever the model's overall uncertainty
+    assert layer.contrast_limits[0] == pytest.approx(float(np.median(layer.data)), abs=1e-6)
     means = layer.data.reshape(2, -1).mean(1)
     click(panel.jump_button)
     assert viewer.dims.current_step[0] == int(np.argmax(means))
@@ -98,3 +101,10 @@ def test_where_to_paint_next_explains_what_is_missing(viewer, image, scribbles, 
     click(train.paint_next.compute_button)
     assert "deep supervision" in notes[-1][1]
     assert f"{image.name} uncertainty" not in viewer.layers
+
+
+def test_display_limits_leave_the_surer_half_clear():
+    low, top = display_limits(np.linspace(0.0, 1.0, 1001, dtype=np.float32))
+    assert low == pytest.approx(0.5) and top == pytest.approx(0.995)
+    assert display_limits(np.full((2, 4, 4), 0.7, np.float32)) == pytest.approx((0.7, 0.701))
+    assert display_limits(np.zeros((0, 4), np.float32)) == (0.0, 1.0)

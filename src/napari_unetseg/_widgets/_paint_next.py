@@ -1,12 +1,13 @@
 """"Where to paint next": the model's uncertainty as a layer, and a jump to the worst slice.
 
-A panel of the Train widget. *Where to paint next* computes a per-pixel uncertainty map of
-the whole stack (:mod:`napari_unetseg.uncertainty`) with the current model (a copy of the one
-being trained, taken between two steps, or the trained / loaded one) in a worker thread, and
-shows it as an Image layer over the image: transparent where the model is sure, yellow to red
-where it is not, so the image stays visible. Slices are ranked by their mean uncertainty and
-visited in :func:`napari_unetseg.uncertainty.visit_order`: *Worst slice* moves the viewer to
-the most uncertain slice with no strokes yet, and each further click to the next one, at least
+A panel of the Train widget. *Where to paint next* computes a per-pixel uncertainty map of the
+whole stack (:mod:`napari_unetseg.uncertainty`) with the current model (a copy of the one being
+trained, taken between two steps, or the trained / loaded one) in a worker thread, and shows it
+as an Image layer over the image: transparent where the model is surest (the surer half of the
+pixels, :func:`display_limits`), yellow to red where it is least sure, so the image stays
+visible. Slices are ranked by their mean uncertainty and visited in
+:func:`napari_unetseg.uncertainty.visit_order`: *Worst slice* moves the viewer to the most
+uncertain slice with no strokes yet, and each further click to the next one, at least
 :data:`~napari_unetseg.uncertainty.SPREAD` slices from those proposed before (then the rest,
 the painted slices last). Entropy is the measure offered first: one forward pass (flip TTA
 takes four), and it points at the model's errors as well as flip TTA does in
@@ -31,7 +32,7 @@ from ._worker import Job
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["COLORMAP", "MEASURES", "PaintNextPanel"]
+__all__ = ["COLORMAP", "MEASURES", "PaintNextPanel", "display_limits"]
 
 #: Shown name -> :mod:`napari_unetseg.uncertainty` method; the first is the default.
 MEASURES = {"entropy": "entropy", "flip-TTA disagreement": "tta",
@@ -132,15 +133,15 @@ class PaintNextPanel(QWidget):
         if image is None or image.name not in self.viewer.layers:
             return
         data = result.maps[self.method()]
-        top = float(np.percentile(data, 99.5)) if data.size else 1.0
+        limits = display_limits(data)
         with kept_selection(self.viewer):
             layer = _common.put_output(
                 self.viewer, self.owner, "uncertainty", image, data, "image",
                 f"{image.name} uncertainty", colormap=COLORMAP, blending="translucent",
-                opacity=0.8, contrast_limits=(0.0, max(top, 1e-3)),
+                opacity=0.8, contrast_limits=limits,
             )
             place_above(self.viewer, layer, image)
-        layer.contrast_limits = (0.0, max(top, 1e-3))
+        layer.contrast_limits = limits
         self.ranking = rank_slices(data, result.slices if data.ndim == 3 else None)
         painted = self._painted() if self._painted is not None else ()
         self.order = visit_order(self.ranking, painted=painted or ())
@@ -164,3 +165,14 @@ class PaintNextPanel(QWidget):
         self.status.setText(f"slice {z}: uncertainty rank {rank} of {len(self.ranking)} "
                             f"(mean {value:.3f})")
         return z
+
+
+def display_limits(data: np.ndarray) -> tuple[float, float]:
+    """Contrast limits of an uncertainty map: transparent up to its median, red from its
+    99.5th percentile. A model unsure everywhere (early in training, or a two-class entropy,
+    which is 0.6 at p = 0.85) would otherwise colour the whole slice; this way the surer half
+    of the pixels stays clear and the colour says where the model is least sure."""
+    if not data.size:
+        return 0.0, 1.0
+    low, top = (float(v) for v in np.percentile(data, [50.0, 99.5]))
+    return low, max(top, low + 1e-3)

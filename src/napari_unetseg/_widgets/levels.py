@@ -37,6 +37,7 @@ from ..models import describe
 from . import _common
 from ._common import LayerPicker, current_index, put_output
 from ._layout import scroll_body
+from ._live import kept_selection, place_above
 from ._registry import store_for
 from ._worker import Job
 
@@ -240,8 +241,10 @@ class LevelsWidget(QWidget):
             data[key[1]] = probs
         else:
             data = probs.astype(np.float32)
-        put_output(self.viewer, self.owner, "level", image, data, "image",
-                   f"{image.name} level output", **OUTPUT_STYLE)
+        with kept_selection(self.viewer):  # a slice move must not take the brush away
+            out = put_output(self.viewer, self.owner, "level", image, data, "image",
+                             f"{image.name} level output", **OUTPUT_STYLE)
+            place_above(self.viewer, out, image)  # under the strokes being painted
         self.status.setText(f"{_name(key[2])} on slice {key[1]}")
 
     def _fill_table(self, *args: Any) -> None:
