@@ -117,14 +117,10 @@ def test_training_with_the_forest_trains_on_its_labels_and_counts_its_time(blobs
     assert "teacher_fits" not in off.metadata and off.metadata["pseudo_rounds"] == 0
 
 
-def test_new_strokes_refit_the_forest(blobs):
+def _fits_with_new_strokes(blobs, clock):
+    """Teacher fits of an 8-step run whose strokes change after its first event, and the
+    run."""
     image, strokes, _ = blobs
-    n = [0.0]
-
-    def clock() -> float:  # 10 fake seconds per reading
-        n[0] += 10.0
-        return n[0]
-
     cfg = TrainConfig(iterations=8, batch_size=2, patch_size=32, device="cpu", val_fraction=0,
                       augment=AugmentConfig.off(), teacher="forest", teacher_slices=1,
                       log_every=1)
@@ -137,7 +133,17 @@ def test_new_strokes_refit_the_forest(blobs):
         while True:
             next(run)
     except StopIteration as done:
-        assert done.value.metadata["teacher_fits"] == 2
+        return done.value.metadata["teacher_fits"], run
+
+
+def test_new_strokes_refit_the_forest(blobs):
+    n = [0.0]
+
+    def clock() -> float:  # 10 fake seconds per reading
+        n[0] += 10.0
+        return n[0]
+
+    assert _fits_with_new_strokes(blobs, clock)[0] == 2
 
 
 def test_dense_labels_have_no_teacher(blobs):
@@ -233,7 +239,6 @@ def test_training_from_a_model_has_no_teacher(blobs):
 def test_a_slow_forest_is_not_refitted_at_once(blobs, monkeypatch):
     """New strokes refit the forest REFIT_S after the last fit, but after a fit that took
     ``c`` seconds not before ROUND_SPACING * c more: a slow fit leaves time to train."""
-    image, strokes, _ = blobs
     n = [0.0]
 
     def clock() -> float:  # 1 fake second per reading
@@ -247,17 +252,6 @@ def test_a_slow_forest_is_not_refitted_at_once(blobs, monkeypatch):
         return fit_targets(self, *args, **kwargs)
 
     monkeypatch.setattr(ForestTeacher, "_targets", slow)
-    cfg = TrainConfig(iterations=8, batch_size=2, patch_size=32, device="cpu", val_fraction=0,
-                      augment=AugmentConfig.off(), teacher="forest", teacher_slices=1,
-                      log_every=1)
-    run = train(image, strokes, TINY, cfg, clock=clock)
-    next(run)
-    more = strokes.copy()
-    more[2, 40:43, 30:50] = 1
-    run.update_labels(more)
-    try:
-        while True:
-            next(run)
-    except StopIteration as done:  # REFIT_S (20 s) passed, but not 200 s more
-        assert done.value.metadata["teacher_fits"] == 1
+    fits, run = _fits_with_new_strokes(blobs, clock)
+    assert fits == 1  # REFIT_S (20 s) passed, but not 200 s more
     assert run.forest.not_before_s > run.forest.last_s + 200
