@@ -535,10 +535,15 @@ def _samplers(s: _Setup) -> tuple[PatchSampler, list]:
     return sampler, val.validation_batches(cfg.batch_size, cfg.val_patches)
 
 
+def _run_time(s: _Setup, c0: float) -> float:
+    """Seconds on the run's clock since ``c0`` (its reading at the start)."""
+    return (time.perf_counter() if s.clock is None else s.clock()) - c0
+
+
 def _spaced(s: _Setup, c0: float, start: float) -> float:
     """Run time before which the next round may not start, after one that started at
     ``start`` and ends now (:data:`ROUND_SPACING`)."""
-    end = (time.perf_counter() if s.clock is None else s.clock()) - c0
+    end = _run_time(s, c0)
     return end + ROUND_SPACING * max(0.0, end - start)
 
 
@@ -604,7 +609,7 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
             best.update(dice=-1.0, step=step, state=None)
             stale = 0
         if budget is not None or s.pseudo is not None:
-            used = (time.perf_counter() if s.clock is None else s.clock()) - c0
+            used = _run_time(s, c0)
         if not stopped and s.forest is not None and s.forest.due(s.pseudo.base, used):
             s.pseudo.taught = s.forest.targets(s.pseudo.base, used)  # its time counts
             s.forest.not_before_s = _spaced(s, c0, used)

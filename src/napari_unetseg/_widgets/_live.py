@@ -38,7 +38,8 @@ from . import _common
 
 __all__ = [
     "DEBOUNCE_MS", "PREVIEW_S", "LabelsApplied", "LabelsFeed", "LiveTraining", "ModelCopy",
-    "Preview", "kept_selection", "place_above", "show_preview", "status_text", "weak_callback",
+    "Preview", "kept_selection", "place_above", "put_overlay", "show_preview", "status_text",
+    "weak_callback",
 ]
 
 #: Default seconds between two previews of the slice on screen.
@@ -311,6 +312,17 @@ def place_above(viewer: Any, layer: Any, image: Any) -> None:
         viewer.layers.move(at, above if above < at else above - 1)
 
 
+def put_overlay(viewer: Any, owner: str, role: str, image: Any, data: np.ndarray, kind: str,
+                name: str, **kwargs: Any) -> Any:
+    """:func:`~napari_unetseg._widgets._common.put_output` for a layer shown over ``image``
+    while the user paints: it goes just above the image (under the strokes), and the
+    selection, the active layer and its tool stay as they were."""
+    with kept_selection(viewer):
+        layer = _common.put_output(viewer, owner, role, image, data, kind, name, **kwargs)
+        place_above(viewer, layer, image)
+    return layer
+
+
 def show_preview(viewer: Any, owner: str, image: Any, preview: Preview) -> Any:
     """Write ``preview`` into the owner's preview layer of ``image`` (other slices blank).
 
@@ -330,11 +342,8 @@ def show_preview(viewer: Any, owner: str, image: Any, preview: Preview) -> Any:
         return layer
     data = np.zeros(shape, dtype=preview.labels.dtype)
     data[preview.z if data.ndim == 3 else Ellipsis] = preview.labels
-    with kept_selection(viewer):
-        layer = _common.put_output(viewer, owner, "preview", image, data, "labels",
-                                   f"{image.name} preview", opacity=0.5)
-        place_above(viewer, layer, image)
-    return layer
+    return put_overlay(viewer, owner, "preview", image, data, "labels",
+                       f"{image.name} preview", opacity=0.5)
 
 
 def _clock(seconds: float) -> str:

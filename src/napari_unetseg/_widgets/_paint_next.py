@@ -26,7 +26,7 @@ from qtpy.QtWidgets import QComboBox, QGridLayout, QLabel, QPushButton, QWidget
 
 from ..uncertainty import rank_slices, uncertainty, visit_order
 from . import _common
-from ._live import kept_selection, place_above, weak_callback
+from ._live import put_overlay, weak_callback
 from ._worker import Job
 
 if TYPE_CHECKING:
@@ -134,13 +134,9 @@ class PaintNextPanel(QWidget):
             return
         data = result.maps[self.method()]
         limits = display_limits(data)
-        with kept_selection(self.viewer):
-            layer = _common.put_output(
-                self.viewer, self.owner, "uncertainty", image, data, "image",
-                f"{image.name} uncertainty", colormap=COLORMAP, blending="translucent",
-                opacity=0.8, contrast_limits=limits,
-            )
-            place_above(self.viewer, layer, image)
+        layer = put_overlay(self.viewer, self.owner, "uncertainty", image, data, "image",
+                            f"{image.name} uncertainty", colormap=COLORMAP,
+                            blending="translucent", opacity=0.8, contrast_limits=limits)
         layer.contrast_limits = limits
         self.ranking = rank_slices(data, result.slices if data.ndim == 3 else None)
         painted = self._painted() if self._painted is not None else ()

@@ -35,9 +35,9 @@ from ..inference import InferenceConfig, segment
 from ..metrics import dice
 from ..models import describe
 from . import _common
-from ._common import LayerPicker, current_index, put_output
+from ._common import LayerPicker, current_index
 from ._layout import scroll_body
-from ._live import kept_selection, place_above
+from ._live import put_overlay
 from ._registry import store_for
 from ._worker import Job
 
@@ -241,10 +241,9 @@ class LevelsWidget(QWidget):
             data[key[1]] = probs
         else:
             data = probs.astype(np.float32)
-        with kept_selection(self.viewer):  # a slice move must not take the brush away
-            out = put_output(self.viewer, self.owner, "level", image, data, "image",
-                             f"{image.name} level output", **OUTPUT_STYLE)
-            place_above(self.viewer, out, image)  # under the strokes being painted
+        # a slice move must neither take the brush away nor cover the strokes
+        put_overlay(self.viewer, self.owner, "level", image, data, "image",
+                    f"{image.name} level output", **OUTPUT_STYLE)
         self.status.setText(f"{_name(key[2])} on slice {key[1]}")
 
     def _fill_table(self, *args: Any) -> None:
