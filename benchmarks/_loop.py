@@ -21,6 +21,7 @@ import torch
 
 from napari_unetseg import metrics
 from napari_unetseg.inference import InferenceConfig, predict
+from napari_unetseg.postprocess import BoundaryInstances, instances_from_boundaries
 
 ROOT = Path(__file__).resolve().parents[1]
 ISBI = ROOT.parent / "shared/data/isbi2012"
@@ -181,8 +182,18 @@ def probability(snap: Snapshot, image: np.ndarray, value: int = 1,
 
 # ----------------------------------------------------------------------------- scores
 def membrane_scores(prob: np.ndarray, gt: np.ndarray, membrane_value: int = 0) -> dict:
-    s = metrics.isbi_scores(np.clip(prob, 0, 1), gt == membrane_value)
-    return {k: round(s[k], 4) for k in ("v_rand", "v_info", "v_rand_split", "v_rand_merge")}
+    """The map's ISBI scores (best of the threshold sweep), and the scores of the cells that
+    Segment makes of it (``cells_*``: ``BoundaryInstances()``, no threshold picked on the
+    scored slices; ``cells_unstretched_*``: the same without the stretch, as before
+    2026-12-03)."""
+    prob = np.clip(prob, 0, 1).astype(np.float32)
+    s = metrics.isbi_scores(prob, gt == membrane_value)
+    out = {k: round(s[k], 4) for k in ("v_rand", "v_info", "v_rand_split", "v_rand_merge")}
+    for name, stretch in (("cells", True), ("cells_unstretched", False)):
+        cells = metrics.instance_scores(instances_from_boundaries(
+            prob, BoundaryInstances(stretch=stretch)), gt == membrane_value)
+        out.update({f"{name}_{k}": round(cells[k], 4) for k in ("v_rand", "v_info")})
+    return out
 
 
 def object_scores(prob: np.ndarray, objects: np.ndarray) -> dict:

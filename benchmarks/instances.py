@@ -158,9 +158,11 @@ def main() -> None:
     print(f"25-29 instances, defaults : V_Rand {defaults['v_rand']:.4f} V_Info "
           f"{defaults['v_info']:.4f} {vars(BoundaryInstances())}", flush=True)
     # like for like with the thresholding sweep: the watershed from the interior p < t (no
-    # smoothing, every seed), t picked on 25-29 from the same thresholds, an upper bound too
+    # smoothing, no stretch, every seed), t picked on 25-29 from the same thresholds, an
+    # upper bound too
     curve = [metrics.instance_scores(instances_from_boundaries(prob, BoundaryInstances(
-        threshold=t, sigma=0.0, min_seed_size=0)), gt) for t in sweep["thresholds"]]
+        threshold=t, sigma=0.0, min_seed_size=0, stretch=False)), gt)
+        for t in sweep["thresholds"]]
     inst_sweep = {}
     for name in ("v_rand", "v_info"):
         k = int(np.argmax([c[name] for c in curve]))

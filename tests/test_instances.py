@@ -61,6 +61,36 @@ def test_synthetic_cells_are_recovered_from_their_boundaries():
     assert s["v_rand"] > 0.95 and s["v_info"] > 0.95
 
 
+def test_cells_come_from_a_map_whose_interior_is_not_near_zero():
+    # A network trained on a few strokes with class balance: the interior sits at 0.25, above
+    # the seed threshold (0.2). Stretched to its percentiles, the map still gives the cells.
+    _, cells = touching_cells((96, 96), n_cells=12, seed=3)
+    boundary = find_boundaries(cells, mode="inner") | (cells == 0)
+    p = (0.25 + 0.7 * ndi.gaussian_filter(boundary.astype(np.float32), 1.0)).astype(np.float32)
+    gt = np.where(boundary, 0, 255)
+    as_is = instances_from_boundaries(p, stretch=False)
+    assert np.unique(as_is).size == 1  # no interior below 0.2: one object
+    lab = instances_from_boundaries(p)
+    s = instance_scores(lab, gt)
+    assert s["v_rand"] > 0.9 and s["v_info"] > 0.9
+    # one span for the whole stack: a faint slice (no boundaries, a 0.1 texture) is not
+    # stretched into cells of its own, as it would be alone
+    faint = (0.25 + 0.1 * ndi.gaussian_filter(boundary.astype(np.float32), 1.0)).astype(
+        np.float32)
+    labels = drain(iter_instances(np.stack([p, faint]), BoundaryInstances()))
+    assert instance_scores(labels[0], gt)["v_rand"] > 0.9
+    assert np.unique(labels[1]).size == 1
+    assert np.unique(instances_from_boundaries(faint)).size > 5
+
+
+def test_the_stretch_leaves_a_calibrated_map_alone():
+    _, cells = touching_cells((96, 96), n_cells=12, seed=3)
+    boundary = find_boundaries(cells, mode="inner") | (cells == 0)
+    p = np.where(boundary, 1.0, 0.0).astype(np.float32)
+    np.testing.assert_array_equal(instances_from_boundaries(p),
+                                  instances_from_boundaries(p, stretch=False))
+
+
 def test_min_size_merges_small_objects_and_iter_reports_slices():
     p = _wall()
     p[5:8, 5:8] = 0.95  # a small closed compartment: a 1-px interior speck
@@ -92,6 +122,11 @@ def test_min_size_merges_small_objects_and_iter_reports_slices():
 def test_bad_settings_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         instances_from_boundaries(_wall(), **kwargs)
+
+
+def test_stretch_must_be_a_bool():
+    with pytest.raises(TypeError, match="stretch must be True or False"):
+        BoundaryInstances(stretch="no")
 
 
 def test_instance_scores_split_and_merge():
@@ -131,6 +166,11 @@ def test_cli_instances_between_boundaries(tmp_path, capsys):
     np.testing.assert_array_equal(got, want)
     assert got.dtype == np.int32 and got.min() >= 1 and got[0].max() < got[1].min()
     assert np.unique(got).size > 2
+    assert main(["predict", *common, "-o", str(tmp_path / "n.tif"), "--output", "instances",
+                 "--boundary-class", "0", "--no-stretch"]) == 0
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "n.tif"),
+        instances_from_boundaries(tifffile.imread(tmp_path / "p.tif"), stretch=False))
     capsys.readouterr()
     for extra in (["--output", "labels", "--boundary-class", "0"],
                   ["--output", "instances", "--boundary-class", "0", "--class", "1"],

@@ -95,7 +95,8 @@ def _boundary_settings(args: argparse.Namespace) -> Any:
 
     try:
         return BoundaryInstances(seeds=args.seeds, threshold=args.seed_threshold,
-                                 sigma=args.smooth, h=args.seed_h, min_size=args.min_size)
+                                 sigma=args.smooth, h=args.seed_h, min_size=args.min_size,
+                                 stretch=args.stretch)
     except ValueError as e:
         text = str(e)
         for name, flag in _SETTING_FLAGS.items():
@@ -321,6 +322,10 @@ def add_parser(sub: Any) -> None:
                         "depth (minima)")
     r.add_argument("--min-size", type=int, default=d.min_size,
                    help="--boundary-class: merge objects smaller than this (pixels)")
+    r.add_argument("--no-stretch", dest="stretch", action="store_false", default=d.stretch,
+                   help="--boundary-class: seed on p(K) as it is, not stretched between its "
+                        "1st and 99th percentiles (the default, for maps whose interior is "
+                        "not near 0)")
     r.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:N or mps; auto: CUDA, then MPS, then the CPU")
     r.add_argument("--tta", action="store_true",
