@@ -38,6 +38,7 @@ from . import _common
 from ._common import LayerPicker, current_index
 from ._layout import scroll_body
 from ._live import put_overlay
+from ._onscreen import OnScreen
 from ._registry import store_for
 from ._worker import Job
 
@@ -69,6 +70,7 @@ class LevelsWidget(QWidget):
         self._wanted: tuple | None = None
         self._model: Any = None  # a private copy: never moved between devices under Segment
         self.subscriptions = _common.Subscriptions(self)  # cut when the widget is closed
+        self.onscreen = OnScreen(self, self.request)
         self.model_label = QLabel()
         self.model_label.setWordWrap(True)
         self.image_picker = LayerPicker(napari_viewer, Image, exclude_marked=True)
@@ -182,7 +184,7 @@ class LevelsWidget(QWidget):
             return
         if key in self.cache:
             self._show(key)
-        else:
+        elif self.onscreen.allows():  # behind another tab: computed when it comes to the front
             self._wanted = key  # only the latest view request is kept while scrubbing
             self._next()
 

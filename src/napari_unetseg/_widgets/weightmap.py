@@ -34,6 +34,7 @@ from ..targets import training_targets
 from . import _common
 from ._common import MARKER, LayerPicker, current_index
 from ._layout import scroll_body
+from ._onscreen import OnScreen
 from ._train_form import LABELS_MODES
 from ._weights import weight_settings_for
 from ._worker import Job
@@ -68,6 +69,7 @@ class WeightMapWidget(QWidget):
         self._watched: Any = None
         self._filled: dict[int, tuple] = {}  # slice -> parameters it was computed with
         self.subscriptions = _common.Subscriptions(self)  # cut when the widget is closed
+        self.onscreen = OnScreen(self, self.schedule)
         owner = self.owner
         self.subscriptions.closed.connect(lambda: _OPEN.discard(owner))
         self.subscriptions.destroyed.connect(lambda *_: _OPEN.discard(owner))
@@ -166,7 +168,8 @@ class WeightMapWidget(QWidget):
         self.schedule()
 
     def _timed_update(self) -> None:
-        self.update_slice(quiet=True)
+        if self.onscreen.allows():  # behind another tab: updated when it comes to the front
+            self.update_slice(quiet=True)
 
     def _painted(self, event: Any = None) -> None:
         self._filled.clear()  # strokes change the class counts of every slice
