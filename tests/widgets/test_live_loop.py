@@ -221,3 +221,41 @@ def test_status_text_says_what_is_left():
     text = _live.status_text(event, 0.8123, "strokes updated (2×)", budget_s=3700)
     assert text == ("step 12 · loss 0.2500 · val Dice 0.812 · 0:30 of 1:01:40 · 1:15 left · "
                     "strokes updated (2×)")
+
+
+def test_moving_through_the_stack_leaves_time_to_train(monkeypatch):
+    """A slice move is previewed at once only when the spacing allows: a user who scrolls
+    through the stack must not turn every training step into a slow preview."""
+    from napari_unetseg import ModelConfig
+
+    spans = []
+
+    def slow_preview(model, normalization, class_values, device, image, z, step):
+        t = time.perf_counter()
+        time.sleep(0.1)  # a UNet++ on a big slice, on a slow CPU
+        spans.append((t, time.perf_counter(), step))
+        return _live.Preview(step, z, np.zeros(image.shape[1:], np.uint8))
+
+    monkeypatch.setattr(_live, "_preview", slow_preview)
+    rng = np.random.default_rng(0)
+    image = rng.random((2, 48, 48)).astype(np.float32)
+    labels = np.zeros((2, 48, 48), np.uint8)
+    labels[:, 10:14, :] = 1
+    labels[:, 30:34, :] = 2
+    moves = iter(range(FOREVER))
+    live = _live.LiveTraining(
+        image, labels, ModelConfig(depth=2, width=4),
+        training.TrainConfig(iterations=60, patch_size=32, batch_size=2, device="cpu",
+                             val_every=FOREVER),
+        "sparse", stop=lambda: False, every_s=600.0, where=lambda: next(moves) % 2)
+    events = live.events()
+    while True:
+        try:
+            next(events)
+        except StopIteration:
+            break
+    network = spans[:-1]  # the last one: the kept model, once the run ended
+    assert len(network) >= 2  # it still follows the slice
+    for (_, end, step), (start, _, next_step) in zip(network, network[1:], strict=False):
+        assert start - end >= _live.PREVIEW_SPACING * 0.1 * 0.9
+        assert next_step > step  # training went on between two previews

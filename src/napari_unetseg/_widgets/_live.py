@@ -8,7 +8,7 @@
   (``TrainConfig.teacher``: fitted on the strokes in a few seconds, it is as good as the
   network's first ten seconds); when the run ends, the model it kept is previewed once more.
   Previews are spaced so that they take at most a quarter of the time
-  (:data:`PREVIEW_SPACING`).
+  (:data:`PREVIEW_SPACING`), also those of a user moving through the stack.
 - :class:`LabelsFeed` follows the painted Labels layer (paint, fill, erase, undo, a new
   array) and hands a copy of its data to the run once the painting pauses for
   :data:`DEBOUNCE_MS`.
@@ -185,7 +185,7 @@ class LiveTraining:
         :class:`~napari_unetseg.training.TrainResult`."""
         run = self._start()
         seen = (0, None)
-        last_t, last_z, gap = time.perf_counter(), None, self.every_s
+        last_t, last_z, gap, cost = time.perf_counter(), None, self.every_s, 0.0
         try:
             while True:
                 try:
@@ -204,7 +204,11 @@ class LiveTraining:
                     yield LabelsApplied(*seen)
                 z = self.where()
                 z = (last_z or 0) if z is None else z  # None: the widget is gone
-                if self.every_s and (z != last_z or time.perf_counter() - last_t >= gap):
+                since = time.perf_counter() - last_t
+                # a slice move is previewed as soon as the spacing allows, not at every step:
+                # a user moving through the stack would otherwise leave no time to train
+                moved = z != last_z and (last_z is None or since >= PREVIEW_SPACING * cost)
+                if self.every_s and (moved or since >= gap):
                     t = time.perf_counter()
                     forest = run.forest if last_z is None else None  # the first preview:
                     # the forest fitted on the strokes, while the network has barely begun
@@ -214,7 +218,8 @@ class LiveTraining:
                         preview = _preview(run.model, run.normalization, run.class_values,
                                            run.device, self.image, z, event.step)
                     last_t, last_z = time.perf_counter(), z
-                    gap = max(self.every_s, PREVIEW_SPACING * (last_t - t))
+                    cost = last_t - t
+                    gap = max(self.every_s, PREVIEW_SPACING * cost)
                     if preview is not None:
                         yield preview
         finally:
