@@ -185,7 +185,7 @@ class LiveTraining:
         :class:`~napari_unetseg.training.TrainResult`."""
         run = self._start()
         seen = (0, None)
-        last_t, last_z, gap, cost = time.perf_counter(), None, self.every_s, 0.0
+        last_t, last_z, cost = time.perf_counter(), None, 0.0
         try:
             while True:
                 try:
@@ -205,10 +205,10 @@ class LiveTraining:
                 z = self.where()
                 z = (last_z or 0) if z is None else z  # None: the widget is gone
                 since = time.perf_counter() - last_t
-                # a slice move is previewed as soon as the spacing allows, not at every step:
-                # a user moving through the stack would otherwise leave no time to train
-                moved = z != last_z and (last_z is None or since >= PREVIEW_SPACING * cost)
-                if self.every_s and (moved or since >= gap):
+                # the spacing holds for slice moves too: a user moving through the stack
+                # would otherwise leave no time to train
+                if (self.every_s and since >= PREVIEW_SPACING * cost
+                        and (z != last_z or since >= self.every_s)):
                     t = time.perf_counter()
                     forest = run.forest if last_z is None else None  # the first preview:
                     # the forest fitted on the strokes, while the network has barely begun
@@ -219,7 +219,6 @@ class LiveTraining:
                                            run.device, self.image, z, event.step)
                     last_t, last_z = time.perf_counter(), z
                     cost = last_t - t
-                    gap = max(self.every_s, PREVIEW_SPACING * cost)
                     if preview is not None:
                         yield preview
         finally:
