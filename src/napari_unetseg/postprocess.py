@@ -209,11 +209,11 @@ def iter_instances(
 
 
 def stretch_span(maps: np.ndarray) -> tuple[float, float] | None:
-    """The :data:`STRETCH` percentiles of ``maps`` (finite values), or None where they are
-    equal (a flat map is not stretched)."""
+    """The :data:`STRETCH` percentiles of ``maps``, or None where they are equal (a flat map
+    is not stretched) and for an empty map or one with non-finite values (which
+    :func:`boundary_watershed` refuses before it would use them)."""
     vals = np.asarray(maps, dtype=np.float32)
-    vals = vals[np.isfinite(vals)]
-    if vals.size == 0:
+    if vals.size == 0 or not np.isfinite(vals).all():
         return None
     lo, hi = (float(v) for v in np.percentile(vals, STRETCH))
     return (lo, hi) if hi > lo else None
