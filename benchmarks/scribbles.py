@@ -138,7 +138,7 @@ def deep(task: dict, args, clock, marks: list[float], recipe: str | None = None)
         if args.save:
             args.save.mkdir(parents=True, exist_ok=True)
             np.save(args.save / f"{task['name'].replace('/', '_')}_{recipe}_{snap.at_s:g}s.npy",
-                    prob[:1].astype(np.float16))
+                    prob.astype(np.float16))
         row = {"at_s": snap.at_s, "step": snap.step, **_score(task, {v: prob}),
                "score_s": round(clock() - t0, 1)}
         rows.append(row)
@@ -213,7 +213,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--data", type=Path)
-    p.add_argument("--save", type=Path, help="save the first scored slice's probability here")
+    p.add_argument("--save", type=Path,
+                   help="save the scored slices' probabilities here (.npy per snapshot)")
     p.add_argument("--json", help="write the JSON record here too")
     args = p.parse_args()
     if args.threads:
