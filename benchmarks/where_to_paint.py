@@ -64,11 +64,12 @@ from napari_unetseg import metrics  # noqa: E402
 from napari_unetseg.config import ModelConfig  # noqa: E402
 from napari_unetseg.inference import InferenceConfig, predict  # noqa: E402
 from napari_unetseg.presets import MODEL_KEYS, TRAIN_KEYS, preset  # noqa: E402
+from napari_unetseg.ridges import boundary_class, ridge_lines  # noqa: E402
 from napari_unetseg.strokes import membrane_strokes  # noqa: E402
 from napari_unetseg.training import TrainConfig, fit  # noqa: E402
 from napari_unetseg.uncertainty import (  # noqa: E402
-    METHODS,
     SPREAD,
+    TILE_METHODS,
     rank_slices,
     uncertainty_maps,
     visit_order,
@@ -81,6 +82,10 @@ CANDIDATES = tuple(range(2, 25))  # where round-2 strokes may go
 #: not a map a user gets: the round-1 model's errors on the candidate slices (needs the ground
 #: truth). A user sees some of them in the preview; as a placement it bounds what any map can do
 ORACLE = "errors"
+#: the round-1 model's topological errors (needs the ground truth): what V_Rand counts
+TOPO = "topo"
+#: the package's unsure cell boundaries (napari_unetseg.ridges), before their blur
+RIDGES = "ridges"
 TEST = slice(25, 30)
 
 
@@ -111,14 +116,39 @@ def errors(unc, gt: np.ndarray) -> np.ndarray:
     return (unc.probabilities.argmax(1) != truth).astype(np.float32)
 
 
-def how_well_it_points(unc, gt: np.ndarray) -> dict:
+def topo_errors(membrane: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """What V_Rand counts, from the ground truth: the lines of the cells Segment makes of
+    ``membrane`` that lie over 2 px from a true membrane (splits), and the true membranes'
+    skeleton over 3 px from those lines (merges)."""
+    from skimage import segmentation
+    from skimage.morphology import skeletonize
+
+    from napari_unetseg.postprocess import instances_from_boundaries
+
+    cells = instances_from_boundaries(membrane)
+    out = np.zeros(membrane.shape, np.float32)
+    for i, (c, g) in enumerate(zip(cells, gt, strict=True)):
+        lines = segmentation.find_boundaries(c, mode="inner")
+        true = g == 0
+        split = lines & (ndi.distance_transform_edt(~true) > 2)
+        merge = skeletonize(true) & (ndi.distance_transform_edt(~lines) > 3)
+        out[i] = split | merge
+    return out
+
+
+def how_well_it_points(unc, gt: np.ndarray, topo: np.ndarray | None = None) -> dict:
     """AUC of each map for the model's pixel errors and Spearman rho of slice means vs slice
-    error rates, over the candidate slices."""
+    error rates, over the candidate slices. With ``topo`` (:func:`topo_errors`), also the AUC
+    of each map, smoothed as the placement smooths it, for those errors widened by 3 px."""
     wrong = errors(unc, gt).astype(bool)
     out = {"pixel_error": round(float(wrong.mean()), 4)}
+    near = None if topo is None else ndi.binary_dilation(topo > 0, np.ones((1, 3, 3)), 3)
     for name, m in unc.maps.items():
         rho = spearmanr(m.reshape(len(m), -1).mean(1), wrong.reshape(len(m), -1).mean(1))[0]
         out[name] = {"auc": round(auroc(m, wrong), 4), "slice_rho": round(float(rho), 3)}
+        if near is not None:
+            smooth = np.stack([ndi.gaussian_filter(x.astype(np.float32), 8.0) for x in m])
+            out[name]["topo_auc"] = round(auroc(smooth, near), 4)
     return out
 
 
@@ -189,7 +219,7 @@ def main() -> None:
     if args.quick:
         args.seeds, args.round1, args.round2, args.width = "0", 40, 20, 4
     if args.methods is None:
-        args.methods = ",".join(METHODS) if args.recipe == "legacy" else "entropy,tta"
+        args.methods = ",".join(TILE_METHODS) if args.recipe == "legacy" else "entropy,tta"
     methods = [m for m in args.methods.split(",") if m]
     randoms = ["random", *(f"random#{k}" for k in range(2, args.random_draws + 1))]
     conditions = [*randoms, *(f"{m}:{p}" for m in methods for p in args.placements.split(","))]
@@ -203,13 +233,20 @@ def main() -> None:
                           **train_kw)
         first = membrane_strokes(train_gt, slices=FIRST, seed=seed)
         r1 = fit(train_img, first, model_cfg, cfg)
-        maps = [m for m in methods if m != ORACLE] or ["entropy"]  # one forward pass
+        maps = [m for m in methods if m in TILE_METHODS] or ["entropy"]  # one forward pass
         unc = uncertainty_maps(r1.model, train_img, normalization=r1.normalization,
                                methods=maps, slices=CANDIDATES)
         if ORACLE in methods:
             unc.maps[ORACLE] = errors(unc, train_gt)
+        membrane = unc.probabilities[:, list(r1.class_values).index(1)]
+        if RIDGES in methods:  # placed as the other maps: blurred by --smooth, then ** power
+            assert boundary_class(unc.probabilities) == list(r1.class_values).index(1)
+            unc.maps[RIDGES] = ridge_lines(membrane)
+        if TOPO in methods:
+            unc.maps[TOPO] = topo_errors(membrane, train_gt[list(CANDIDATES)])
         row = {"seed": seed, "round1": score(r1, image[TEST], gt[TEST]),
-               "pointing": how_well_it_points(unc, train_gt), "round2": {}}
+               "pointing": how_well_it_points(unc, train_gt, topo_errors(
+                   membrane, train_gt[list(CANDIDATES)])), "round2": {}}
         print(f"seed {seed} round 1 {row['round1']} pointing {row['pointing']}", flush=True)
         cfg2 = TrainConfig(**{**cfg.to_dict(), "iterations": args.round2,
                               "augment": cfg.augment})

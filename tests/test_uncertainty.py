@@ -12,8 +12,8 @@ from napari_unetseg.config import ModelConfig
 from napari_unetseg.models import build_model
 from napari_unetseg.normalize import Normalization
 from napari_unetseg.uncertainty import (
-    METHODS,
     SPREAD,
+    TILE_METHODS,
     rank_slices,
     uncertainty,
     uncertainty_maps,
@@ -49,13 +49,13 @@ def _direct(model, x):
 
 def test_maps_match_a_direct_computation(setup):
     model, image, norm = setup
-    res = uncertainty_maps(model, image, normalization=norm, methods=METHODS)
+    res = uncertainty_maps(model, image, normalization=norm, methods=TILE_METHODS)
     assert res.slices == (0, 1) and res.probabilities.shape == (2, 3, 40, 56)
     for z in (0, 1):
         x = torch.from_numpy(norm(image[z]))[None, None]
         p, maps = _direct(model, x)
         np.testing.assert_allclose(res.probabilities[z], p[0].numpy(), atol=1e-4)
-        for name in METHODS:
+        for name in TILE_METHODS:
             assert res.maps[name].shape == (2, 40, 56)
             np.testing.assert_allclose(res.maps[name][z], maps[name][0].numpy(), atol=1e-4)
             assert res.maps[name].min() >= 0 and res.maps[name].max() <= 1

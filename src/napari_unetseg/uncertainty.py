@@ -14,6 +14,10 @@ Three measures, computed tile by tile with the inference engine's tiling
     Disagreement of the UNet++ deep-supervision heads X(0,1..depth) (Zhou et al. 2018): the
     same variance over the heads' probabilities. UNet++ only (one forward pass computes every
     head).
+``"ridges"``
+    Unsure cell boundaries (:mod:`napari_unetseg.ridges`): the faint lines of the boundary
+    class's map (gaps in membranes, organelle rims), where the cells Segment makes are decided.
+    Computed from the plain pass's probabilities, over the whole stack, after its tiles.
 
 :func:`uncertainty` is a generator (progress per batch of tiles) returning an
 :class:`UncertaintyResult`; :func:`uncertainty_maps` drains it. :func:`rank_slices` orders
@@ -40,10 +44,12 @@ from .inference import ProgressEvent, _layout, _read_slice, _slice_indices
 from .predictor import inference_network, tile_geometry
 from .tiling import iter_tiled, plan_tiles
 
-__all__ = ["METHODS", "SPREAD", "UncertaintyResult", "rank_slices", "uncertainty",
+__all__ = ["METHODS", "SPREAD", "TILE_METHODS", "UncertaintyResult", "rank_slices", "uncertainty",
            "uncertainty_maps", "visit_order"]
 
-METHODS = ("entropy", "tta", "heads")
+#: Measures computed tile by tile from the network's outputs.
+TILE_METHODS = ("entropy", "tta", "heads")
+METHODS = (*TILE_METHODS, "ridges")
 #: Least distance between the slices one pass of :func:`visit_order` proposes: neighbouring
 #: EM sections look alike, so strokes on two neighbours teach little more than on one.
 SPREAD = 3
@@ -81,6 +87,9 @@ def _check_methods(methods: Iterable[str], model: Any) -> tuple[str, ...]:
                                or not getattr(cfg, "deep_supervision", False)):
         raise ValueError("'heads' needs a UNet++ trained with deep supervision (several "
                          "heads); use 'entropy' or 'tta' for this model")
+    if "ridges" in methods and getattr(cfg, "classes", 2) < 2:
+        raise ValueError("'ridges' needs a model with two classes or more (a boundary class "
+                         "and the rest)")
     return methods
 
 
@@ -94,6 +103,7 @@ def _spread(probs: Sequence[torch.Tensor]) -> torch.Tensor:
 def _predictor(net: torch.nn.Module, methods: tuple[str, ...], channels_last: bool):
     """Tile batch -> ``(B, K + len(methods), H, W)``: probabilities, then one map per method."""
     heads = "heads" in methods
+    methods = tuple(m for m in methods if m in TILE_METHODS)
 
     def forward(x: torch.Tensor) -> list[torch.Tensor]:
         """Softmax of each head (UNet++ with 'heads'), else of the single output."""
@@ -118,7 +128,7 @@ def _predictor(net: torch.nn.Module, methods: tuple[str, ...], channels_last: bo
                     flips = [p] + [torch.stack(forward(x.flip(d))).mean(0).flip(d)
                                    for d in _FLIPS[1:]]
                     maps.append(_spread(flips))
-            return torch.cat([p, torch.stack(maps, 1).clamp(0, 1)], 1)
+            return torch.cat([p, *([torch.stack(maps, 1).clamp(0, 1)] if maps else [])], 1)
 
     return predictor
 
@@ -145,7 +155,7 @@ def uncertainty(
         ``(Y, X)`` or ``(Z, Y, X)``, one channel.
     normalization : Normalization
         The model's intensity normalisation.
-    methods : iterable of {"entropy", "tta", "heads"}
+    methods : iterable of {"entropy", "tta", "heads", "ridges"}
     device : str
     tile : int or "auto"
         Largest input tile (as :class:`~napari_unetseg.inference.InferenceConfig`).
@@ -185,9 +195,11 @@ def _run(model, image, normalization, methods, lay, indices, dev, plan, batch_si
     net = inference_network(model, dev)
     fn = _predictor(net, methods, dev.type in ("cpu", "cuda"))
     k = model.config.classes
+    tiled = tuple(m for m in methods if m in TILE_METHODS)
     probs = np.zeros((len(indices), k, *lay.shape), np.float32)
-    maps = np.zeros((len(methods), len(indices), *lay.shape), np.float32)
-    total = plan.n_tiles * len(indices)
+    maps = np.zeros((len(tiled), len(indices), *lay.shape), np.float32)
+    ridges = "ridges" in methods
+    total = plan.n_tiles * len(indices) + (1 if ridges else 0)
     for i, z in enumerate(indices):
         raw = np.asarray(normalization(_read_slice(image, lay, z)), np.float32)
         gen = iter_tiled(raw, fn, plan, batch_size=batch_size, device=dev)
@@ -199,8 +211,14 @@ def _run(model, image, normalization, methods, lay, indices, dev, plan, batch_si
                 break
             yield ProgressEvent(i * plan.n_tiles + done, total, z, f"slice {z}: tile {done}")
         probs[i], maps[:, i] = out[:k], out[k:]
+    result = dict(zip(tiled, maps, strict=True))
+    if ridges:
+        from .ridges import boundary_class, ridge_map
+
+        result["ridges"] = ridge_map(probs[:, boundary_class(probs)])
+        yield ProgressEvent(total, total, indices[-1], "unsure cell boundaries")
     flat = lay.z_axis is None
-    result = {m: maps[j][0] if flat else maps[j] for j, m in enumerate(methods)}
+    result = {m: result[m][0] if flat else result[m] for m in methods}
     return UncertaintyResult(result, probs, tuple(indices), time.perf_counter() - t0)
 
 

@@ -90,6 +90,23 @@ def test_where_to_paint_next_during_training_uses_the_running_model(
     assert not notes
 
 
+def test_unsure_cell_boundaries_are_shown_over_the_stack(
+        viewer, image, scribbles, train_tiny, click, qtbot, wait_job, notes):
+    train = train_tiny(arch="U-Net", iterations=4, preview_every=0)
+    click(train.train_button)
+    wait_job(train)
+    panel = train.paint_next
+    _measure(train, "ridges")
+    assert panel.measure.currentText() == "unsure cell boundaries"
+    click(panel.compute_button)
+    name = f"{image.name} uncertainty"
+    qtbot.waitUntil(lambda: name in viewer.layers and bool(panel.ranking), timeout=30_000)
+    data = viewer.layers[name].data
+    assert data.shape == image.data.shape and 0 <= data.min() and data.max() <= 1
+    assert sorted(z for z, _ in panel.ranking) == [0, 1]
+    assert panel.status.text().startswith("paint next: slices") and not notes
+
+
 def test_where_to_paint_next_explains_what_is_missing(viewer, image, scribbles, train_tiny,
                                                       click, wait_job, notes):
     train = train_tiny(arch="U-Net", iterations=2, preview_every=0)

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["COLORMAP", "MEASURES", "PaintNextPanel", "display_limits"]
 
 #: Shown name -> :mod:`napari_unetseg.uncertainty` method; the first is the default.
-MEASURES = {"entropy": "entropy", "flip-TTA disagreement": "tta",
-            "UNet++ heads disagreement": "heads"}
+MEASURES = {"entropy": "entropy", "unsure cell boundaries": "ridges",
+            "flip-TTA disagreement": "tta", "UNet++ heads disagreement": "heads"}
 #: Transparent where the model is sure, then yellow, orange, red.
 COLORMAP = Colormap(
     colors=[[1.0, 1.0, 0.0, 0.0], [1.0, 0.85, 0.0, 0.55], [1.0, 0.45, 0.0, 0.8],
