@@ -14,6 +14,8 @@ best over the ISBI threshold sweep, and of the cells Segment makes of it (``cell
   region and that does not touch the image border is merged into it: an organelle inside a
   cell) and *agglomeration* (adjacent regions merged, lowest first, while the mean of the
   stretched map along their shared boundary is below ``t``).
+  ``--bundled`` adds the bundled EM model's map (flip TTA, as ``benchmarks/instances.py``
+  scores it; trained on slices 0-22), a calibrated one.
 - ``blend``: averages of saved maps: the network at 60 s with the forest, and the network's
   30-s and 60-s snapshots.
 
@@ -148,6 +150,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--maps", type=Path, help="scribbles.py --save folder of this seed")
     p.add_argument("--out-of-fold", action="store_true")
+    p.add_argument("--bundled", action="store_true", help="probe the bundled model's cells")
     p.add_argument("--t", default="0.5,0.6,0.7", help="agglomeration thresholds")
     p.add_argument("--data", type=Path)
     p.add_argument("--json")
@@ -167,6 +170,13 @@ def main() -> None:
             "network 60 s": _short(membrane_scores(net[60], gt)),
             "network + forest": _short(membrane_scores((net[60] + anchor) / 2, gt)),
             "network 30 s + 60 s": _short(membrane_scores((net[30] + net[60]) / 2, gt))}
+    if args.bundled:
+        from instances import membranes
+
+        from napari_unetseg.bundled import load_bundled
+
+        record["cells"]["bundled model"] = cells_probe(
+            membranes(load_bundled(), d["image"][25:30]), gt == 0, ts)
     emit(record, args.json)
 
 
