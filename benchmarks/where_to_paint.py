@@ -49,6 +49,7 @@ import argparse
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ from napari_unetseg.inference import InferenceConfig, predict  # noqa: E402
 from napari_unetseg.presets import MODEL_KEYS, TRAIN_KEYS, preset  # noqa: E402
 from napari_unetseg.ridges import boundary_class, ridge_lines  # noqa: E402
 from napari_unetseg.strokes import membrane_strokes  # noqa: E402
-from napari_unetseg.training import TrainConfig, fit  # noqa: E402
+from napari_unetseg.training import TrainConfig, fit, train  # noqa: E402
 from napari_unetseg.uncertainty import (  # noqa: E402
     SPREAD,
     TILE_METHODS,
@@ -103,6 +104,33 @@ def membrane_prob(result, image: np.ndarray) -> np.ndarray:
     res = predict(result.model, image, normalization=result.normalization,
                   config=InferenceConfig(device="cpu"))
     return np.asarray(res.probabilities, np.float32)[:, list(result.class_values).index(1)]
+
+
+def round2(image, strokes, model_cfg, cfg, r1, last: int) -> tuple:
+    """Round 2 trained from ``r1``: its result and copies of the model every 10 steps over its
+    last ``10 * (last - 1)`` steps (the final model is the result's)."""
+    import copy
+
+    gen = train(image, strokes, model_cfg, cfg, resume=r1)
+    first = cfg.iterations - 10 * (last - 1)
+    copies = []
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as done:
+            return done.value, copies
+        if last > 1 and first <= ev.step < cfg.iterations and ev.step % 10 == 0:
+            copies.append(copy.deepcopy(gen.model))  # events come after every 10th step
+
+
+def averaged(result, copies: list, image: np.ndarray, gt: np.ndarray) -> dict:
+    """V_Rand / V_Info averaged over the copies and the final model: the snapshot-to-snapshot
+    swing (up to 0.1 V_Rand) is noise that no placement causes."""
+    scores = [score(result, image, gt)]
+    for model in copies:
+        scores.append(score(replace(result, model=model), image, gt))
+    return {f"{k}_avg": round(float(np.mean([x[k] for x in scores])), 4)
+            for k in ("v_rand", "v_info")}
 
 
 def score(result, image: np.ndarray, gt: np.ndarray) -> dict:
@@ -212,6 +240,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4, help="legacy recipe only")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few steps")
+    p.add_argument("--average", type=int, default=1,
+                   help="also score the mean over round 2's last N models, 10 steps apart")
     p.add_argument("--json")
     args = p.parse_args()
     if args.threads:
@@ -239,12 +269,13 @@ def main() -> None:
         if ORACLE in methods:
             unc.maps[ORACLE] = errors(unc, train_gt)
         membrane = unc.probabilities[:, list(r1.class_values).index(1)]
+        guessed = boundary_class(unc.probabilities)  # as the package guesses it
         if RIDGES in methods:  # placed as the other maps: blurred by --smooth, then ** power
-            assert boundary_class(unc.probabilities) == list(r1.class_values).index(1)
-            unc.maps[RIDGES] = ridge_lines(membrane)
+            unc.maps[RIDGES] = ridge_lines(unc.probabilities[:, guessed])
         if TOPO in methods:
             unc.maps[TOPO] = topo_errors(membrane, train_gt[list(CANDIDATES)])
         row = {"seed": seed, "round1": score(r1, image[TEST], gt[TEST]),
+               "boundary_class_right": guessed == list(r1.class_values).index(1),
                "pointing": how_well_it_points(unc, train_gt, topo_errors(
                    membrane, train_gt[list(CANDIDATES)])), "round2": {}}
         print(f"seed {seed} round 1 {row['round1']} pointing {row['pointing']}", flush=True)
@@ -252,20 +283,23 @@ def main() -> None:
                               "augment": cfg.augment})
         for where in conditions:
             strokes, slices = add_strokes(train_gt, first, where, unc, args, seed)
-            r2 = fit(train_img, strokes, model_cfg, cfg2, resume=r1)
+            r2, copies = round2(train_img, strokes, model_cfg, cfg2, r1, args.average)
             s = {**score(r2, image[TEST], gt[TEST]), "slices": slices,
                  "painted": int((strokes > 0).sum() - (first > 0).sum())}
+            if args.average > 1:
+                s.update(averaged(r2, copies, image[TEST], gt[TEST]))
             row["round2"][where] = s
             print(f"seed {seed} round 2 {where:16s} {s}", flush=True)
         rows.append(row)
     summary = {"round1": {f"{k}_mean": round(float(np.mean([r["round1"][k] for r in rows])), 4)
                           for k in ("v_rand", "v_info")}}
     for where in conditions:
-        vals = {k: [r["round2"][where][k] for r in rows] for k in ("v_rand", "v_info")}
+        keys = ("v_rand", "v_info") + (("v_rand_avg", "v_info_avg") if args.average > 1 else ())
+        vals = {k: [r["round2"][where][k] for r in rows] for k in keys}
         summary[where] = {f"{k}_mean": round(float(np.mean(v)), 4) for k, v in vals.items()}
         summary[where].update({f"{k}_sd": round(float(np.std(v)), 4) for k, v in vals.items()})
         if where != "random":  # random#k too: the noise between two uninformed users
-            for k in ("v_rand", "v_info"):
+            for k in keys:
                 d = [r["round2"][where][k] - r["round2"]["random"][k] for r in rows]
                 summary[where][f"{k}_minus_random"] = [round(x, 4) for x in d]
                 summary[where][f"{k}_wins"] = f"{sum(x > 0 for x in d)} of {len(d)}"
