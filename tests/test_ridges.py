@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from napari_unetseg.config import ModelConfig
+from napari_unetseg.devices import drain
 from napari_unetseg.models import build_model
 from napari_unetseg.normalize import Normalization
 from napari_unetseg.ridges import boundary_class, ridge_lines, ridge_map
@@ -50,7 +51,7 @@ def test_the_map_is_blurred_lines_over_a_stack():
     p, _, faint = _membranes()
     stack = np.stack([p, np.where(faint, 0.05, p).astype(np.float32)])
     maps = ridge_map(stack)
-    assert maps.shape == stack.shape and 0.0 <= maps.min() and maps.max() <= 1.0
+    assert maps.shape == stack.shape and maps.min() >= 0.0 and maps.max() <= 1.0
     assert maps[0].mean() > 2 * maps[1].mean()  # the slice with the faint line ranks first
     np.testing.assert_allclose(ridge_map(p), maps[0], atol=1e-6)  # one stretch: same span
     with pytest.raises(ValueError, match="NaN"):
@@ -77,12 +78,7 @@ def test_uncertainty_computes_ridges_from_the_boundary_class():
     norm = Normalization.fit(image)
     gen = uncertainty(model, image, normalization=norm, methods=("entropy", "ridges"))
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as done:
-            res = done.value
-            break
+    res = drain(gen, events.append)
     assert events[-1].message == "unsure cell boundaries"
     assert events[-1].done == events[-1].total
     k = boundary_class(res.probabilities)

@@ -12,8 +12,8 @@ uncertain slice with no strokes yet, and each further click to the next one, at 
 the painted slices last). Entropy is the measure offered first: one forward pass (flip TTA
 takes four), and it points at the model's errors as well as flip TTA does in
 ``benchmarks/where_to_paint.py``. *Unsure cell boundaries* (:mod:`napari_unetseg.ridges`)
-points at what the cells' scores count instead (gaps, organelle rims). The selection and the tool of the layer being painted are
-left alone.
+points at what the cells' scores count instead (gaps, organelle rims). The selection and the
+tool of the layer being painted are left alone.
 """
 
 from __future__ import annotations
