@@ -63,6 +63,7 @@ from _record import emit  # noqa: E402
 
 from napari_unetseg import metrics  # noqa: E402
 from napari_unetseg.config import ModelConfig  # noqa: E402
+from napari_unetseg.devices import drain  # noqa: E402
 from napari_unetseg.inference import InferenceConfig, predict  # noqa: E402
 from napari_unetseg.presets import MODEL_KEYS, TRAIN_KEYS, preset  # noqa: E402
 from napari_unetseg.ridges import boundary_class, ridge_lines  # noqa: E402
@@ -114,13 +115,12 @@ def round2(image, strokes, model_cfg, cfg, r1, last: int) -> tuple:
     gen = train(image, strokes, model_cfg, cfg, resume=r1)
     first = cfg.iterations - 10 * (last - 1)
     copies = []
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as done:
-            return done.value, copies
+
+    def keep(ev) -> None:  # events come after every 10th step
         if last > 1 and first <= ev.step < cfg.iterations and ev.step % 10 == 0:
-            copies.append(copy.deepcopy(gen.model))  # events come after every 10th step
+            copies.append(copy.deepcopy(gen.model))
+
+    return drain(gen, keep), copies
 
 
 def averaged(result, copies: list, image: np.ndarray, gt: np.ndarray) -> dict:
@@ -167,7 +167,7 @@ def topo_errors(membrane: np.ndarray, gt: np.ndarray) -> np.ndarray:
 def how_well_it_points(unc, gt: np.ndarray, topo: np.ndarray | None = None) -> dict:
     """AUC of each map for the model's pixel errors and Spearman rho of slice means vs slice
     error rates, over the candidate slices. With ``topo`` (:func:`topo_errors`), also the AUC
-    of each map, smoothed as the placement smooths it, for those errors widened by 3 px."""
+    of each map, blurred by 8 px (the default ``--smooth``), for those errors widened by 3 px."""
     wrong = errors(unc, gt).astype(bool)
     out = {"pixel_error": round(float(wrong.mean()), 4)}
     near = None if topo is None else ndi.binary_dilation(topo > 0, np.ones((1, 3, 3)), 3)
@@ -272,12 +272,12 @@ def main() -> None:
         guessed = boundary_class(unc.probabilities)  # as the package guesses it
         if RIDGES in methods:  # placed as the other maps: blurred by --smooth, then ** power
             unc.maps[RIDGES] = ridge_lines(unc.probabilities[:, guessed])
+        topo = topo_errors(membrane, train_gt[list(CANDIDATES)])
         if TOPO in methods:
-            unc.maps[TOPO] = topo_errors(membrane, train_gt[list(CANDIDATES)])
+            unc.maps[TOPO] = topo
         row = {"seed": seed, "round1": score(r1, image[TEST], gt[TEST]),
                "boundary_class_right": guessed == list(r1.class_values).index(1),
-               "pointing": how_well_it_points(unc, train_gt, topo_errors(
-                   membrane, train_gt[list(CANDIDATES)])), "round2": {}}
+               "pointing": how_well_it_points(unc, train_gt, topo), "round2": {}}
         print(f"seed {seed} round 1 {row['round1']} pointing {row['pointing']}", flush=True)
         cfg2 = TrainConfig(**{**cfg.to_dict(), "iterations": args.round2,
                               "augment": cfg.augment})
