@@ -101,9 +101,9 @@ def _spread(probs: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _predictor(net: torch.nn.Module, methods: tuple[str, ...], channels_last: bool):
-    """Tile batch -> ``(B, K + len(methods), H, W)``: probabilities, then one map per method."""
+    """Tile batch -> ``(B, K + len(methods), H, W)``: probabilities, then one map per method
+    (:data:`TILE_METHODS` only)."""
     heads = "heads" in methods
-    methods = tuple(m for m in methods if m in TILE_METHODS)
 
     def forward(x: torch.Tensor) -> list[torch.Tensor]:
         """Softmax of each head (UNet++ with 'heads'), else of the single output."""
@@ -193,9 +193,9 @@ def _run(model, image, normalization, methods, lay, indices, dev, plan, batch_si
          ) -> Generator[ProgressEvent, None, UncertaintyResult]:
     t0 = time.perf_counter()
     net = inference_network(model, dev)
-    fn = _predictor(net, methods, dev.type in ("cpu", "cuda"))
-    k = model.config.classes
     tiled = tuple(m for m in methods if m in TILE_METHODS)
+    fn = _predictor(net, tiled, dev.type in ("cpu", "cuda"))
+    k = model.config.classes
     probs = np.zeros((len(indices), k, *lay.shape), np.float32)
     maps = np.zeros((len(tiled), len(indices), *lay.shape), np.float32)
     ridges = "ridges" in methods
