@@ -25,6 +25,11 @@ The loop of the Train widget, simulated on ISBI 2012 (train on slices 0-24, scor
        smoothed over ``--smooth`` px (a user painting where the layer is hot), on random
        slices;
      - ``rank+where``: both.
+   ``--user`` is the simulated user: ``share`` (the default) paints half membrane, half interior
+   strokes, each started where the map is hot among its class's pixels; ``look`` draws a spot
+   from the map and paints what is there: along the membrane if one lies within 3 px (a faint
+   true membrane), else the cell interior over it (a false line, an organelle's rim).
+   (``strokes.simulate_strokes(user=...)``; round 1 is always ``share``.)
    Each condition continues training the round-1 model for ``--round2`` steps on all its
    strokes, with the same seed, and is scored on slices 25-29 (V_Rand / V_Info, best over the
    ISBI threshold sweep, membrane probability, no TTA).
@@ -67,7 +72,7 @@ from napari_unetseg.devices import drain  # noqa: E402
 from napari_unetseg.inference import InferenceConfig, predict  # noqa: E402
 from napari_unetseg.presets import MODEL_KEYS, TRAIN_KEYS, preset  # noqa: E402
 from napari_unetseg.ridges import boundary_class, ridge_lines  # noqa: E402
-from napari_unetseg.strokes import membrane_strokes  # noqa: E402
+from napari_unetseg.strokes import USERS, membrane_strokes  # noqa: E402
 from napari_unetseg.training import TrainConfig, fit, train  # noqa: E402
 from napari_unetseg.uncertainty import (  # noqa: E402
     SPREAD,
@@ -199,7 +204,7 @@ def add_strokes(gt: np.ndarray, old: np.ndarray, condition: str, unc, args, seed
                 weights[z] = ndi.gaussian_filter(unc.maps[method][i].astype(np.float64),
                                                  args.smooth) ** args.power
     new = membrane_strokes(gt, slices=slices, n_strokes=args.strokes,
-                           seed=1000 + seed + 100 * (draw - 1), where=weights)
+                           seed=1000 + seed + 100 * (draw - 1), where=weights, user=args.user)
     return np.where(old > 0, old, new), slices
 
 
@@ -234,6 +239,9 @@ def main() -> None:
     p.add_argument("--spread", type=int, default=SPREAD, help="min distance of ranked slices")
     p.add_argument("--smooth", type=float, default=8.0, help="px, Gaussian on the map")
     p.add_argument("--power", type=float, default=2.0, help="weights = smoothed map ** power")
+    p.add_argument("--user", choices=USERS, default="share",
+                   help="round 2's strokes: half membrane, half interior (share), or what the "
+                   "user finds at each spot (look: along a membrane within 3 px, else interior)")
     p.add_argument("--depth", type=int, default=4, help="legacy recipe only")
     p.add_argument("--width", type=int, default=8, help="legacy recipe only")
     p.add_argument("--patch", type=int, default=128, help="legacy recipe only")

@@ -67,6 +67,28 @@ def test_where_steers_the_stroke_starts():
     assert not s[:, 30 + 10 + 3:].any()  # a stroke reaches at most its length + brush
 
 
+def test_a_looking_user_paints_what_is_at_the_spot():
+    classes = np.full((240, 120), 2)
+    classes[:, 39:42] = 1  # a vertical membrane, skeleton at x = 40
+    classes[160:163, :] = 1  # and a horizontal one, skeleton at y = 161
+    beside = np.zeros(classes.shape)
+    beside[:150, 42:44] = 1.0  # 2-3 px from the vertical membrane, on the cell side
+    kw = {"n_strokes": 4, "kinds": ("line", "region"), "widths": (3, 5), "length": 10}
+    look = simulate_strokes(classes, where=beside, user="look", **kw)
+    assert (look == 1).any() and not (look == 2).any()  # the user paints along the line
+    share = simulate_strokes(classes, where=beside, **kw)
+    assert (share == 2).sum() > (share == 1).sum()  # half the strokes by share: interior
+    away = np.zeros(classes.shape)
+    away[10:150, 80:100] = 1.0  # deep inside a cell
+    look = simulate_strokes(classes, where=away, user="look", **kw)
+    assert (look == 2).any() and not (look == 1).any()
+    assert look[:, 75:].sum() == look.sum()  # started at the spots, not snapped elsewhere
+    uniform = simulate_strokes(classes, user="look", seed=1, **{**kw, "n_strokes": 20})
+    assert (uniform == 2).any() and (uniform == 1).any()  # uniform spots find both classes
+    with pytest.raises(ValueError, match="user"):
+        simulate_strokes(classes, user="guess", **kw)
+
+
 def test_object_task_strokes_and_organelles():
     image, obj = organelles((2, 96, 96), n_objects=5, size=10, n_cells=6, seed=2)
     assert image.shape == obj.shape == (2, 96, 96) and image.dtype == np.float32

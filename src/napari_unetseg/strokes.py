@@ -13,6 +13,13 @@ How a stroke is drawn
   redraw them).
 * The start of a stroke is a random pixel of its class where the brush fits (``where`` can
   weight the draw, e.g. by a model's uncertainty), away from the strokes already painted.
+* ``user="look"`` is a user who paints what is at the spot instead of keeping the classes'
+  shares: a spot is drawn from ``where`` over the whole slice (away from earlier strokes). If
+  a ``"line"`` class (a membrane) lies within ``LOOK_PX`` of it, the user paints along that
+  line, from its nearest skeleton pixel; otherwise the stroke is of the class under the spot,
+  from the nearest pixel where the brush fits. A hot spot on a faint true membrane so gets a
+  membrane stroke, and one on a false line (an organelle's rim inside a cell) a stroke of the
+  cell interior over it.
 * A ``"line"`` class (membranes) is traced along its skeleton (the thin structure's centre
   line), keeping its direction at branch points, for ``length`` pixels; a ``"region"`` class
   (cell interiors, objects, background) is a smooth random walk of ``length`` pixels inside it
@@ -34,9 +41,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["KINDS", "membrane_strokes", "object_strokes", "simulate_strokes"]
+__all__ = ["KINDS", "LOOK_PX", "USERS", "membrane_strokes", "object_strokes",
+           "simulate_strokes"]
 
 KINDS = ("line", "region")
+USERS = ("share", "look")
+#: px: a ``user="look"`` stroke whose spot is this close to a line class follows that line
+LOOK_PX = 3.0
 _NEIGHBOURS = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
 
 
@@ -131,9 +142,45 @@ def _walk_region(safe: np.ndarray, start: tuple[int, int], length: int,
     return path
 
 
+def _draw(cand: np.ndarray, where: np.ndarray | None, rng: np.random.Generator) -> int:
+    """One of the flat indices ``cand``, in proportion to ``where`` (uniform without)."""
+    if where is None:
+        return int(cand[rng.integers(cand.size)])
+    p = where.ravel()[cand].astype(np.float64)
+    return int(cand[rng.choice(cand.size, p=p / p.sum() if p.sum() > 0 else None)])
+
+
+class _Look:
+    """What a user who looks at a spot paints there (``user="look"``, the module docstring)."""
+
+    def __init__(self, classes: np.ndarray, kinds: tuple, starts: list) -> None:
+        self.classes = classes
+        lines = [c for c, kind in enumerate(kinds) if kind == "line" and starts[c].any()]
+        self.line = None  # distance to the nearest line skeleton, and which skeleton pixel
+        if lines:
+            skel = np.zeros(classes.shape, np.int16)
+            for c in lines:
+                skel[starts[c] & (skel == 0)] = c + 1
+            self.skel = skel
+            self.line = ndi.distance_transform_edt(skel == 0, return_indices=True)
+        self.nearest = [ndi.distance_transform_edt(~s, return_indices=True)[1] if s.any()
+                        else None for s in starts]
+
+    def __call__(self, spot: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+        y, x = spot
+        if self.line is not None and self.line[0][y, x] <= LOOK_PX:
+            sy, sx = (int(i[y, x]) for i in self.line[1])
+            return int(self.skel[sy, sx]) - 1, (sy, sx)
+        c = int(self.classes[y, x]) - 1
+        if c < 0 or self.nearest[c] is None:  # unpaintable pixel: the nearest paintable class
+            c = next(k for k, n in enumerate(self.nearest) if n is not None)
+        idx = self.nearest[c]
+        return c, (int(idx[0][y, x]), int(idx[1][y, x]))
+
+
 def _paint_slice(
     classes: np.ndarray, n: int, kinds: tuple, widths: tuple, fractions: tuple, length: int,
-    where: np.ndarray | None, rng: np.random.Generator,
+    where: np.ndarray | None, rng: np.random.Generator, user: str = "share",
 ) -> np.ndarray:
     from skimage.morphology import skeletonize
 
@@ -155,20 +202,17 @@ def _paint_slice(
         guides.append(guide)
         starts.append(start_ok)
     near = np.zeros((h, w), bool)  # pixels close to earlier strokes: no new start there
-    for c in _schedule(n, fractions):
-        ok = starts[c] & ~near
+    look = _Look(classes, kinds, starts) if user == "look" else None
+    for c in (_schedule(n, fractions) if look is None else [None] * n):
+        ok = starts[c] & ~near if look is None else ~near
         if not ok.any():
-            ok = starts[c]
+            ok = starts[c] if look is None else np.ones((h, w), bool)
         if not ok.any():
             continue  # this class is absent from the slice
-        cand = np.flatnonzero(ok)
-        if where is not None:
-            p = where.ravel()[cand].astype(np.float64)
-            p = p / p.sum() if p.sum() > 0 else None
-            idx = int(cand[rng.choice(cand.size, p=p)])
-        else:
-            idx = int(cand[rng.integers(cand.size)])
+        idx = _draw(np.flatnonzero(ok), where, rng)
         start = divmod(idx, w)
+        if look is not None:
+            c, start = look(start)
         if kinds[c] == "line":
             path = _trace_line(guides[c], start, length, rng)
         else:
@@ -196,6 +240,7 @@ def simulate_strokes(
     slices: Sequence[int] | None = None,
     where: Any = None,
     seed: int = 0,
+    user: str = "share",
 ) -> np.ndarray:
     """Paint ``n_strokes`` simulated strokes per slice on a class map.
 
@@ -222,6 +267,11 @@ def simulate_strokes(
     seed : int
         The same arguments and seed give the same strokes; each slice has its own stream, so a
         slice's strokes do not depend on which other slices are painted.
+    user : "share" or "look"
+        ``"share"``: each stroke's class is the one most behind its share of ``fractions``.
+        ``"look"``: each stroke paints what is at a spot drawn from ``where``; a spot within
+        ``LOOK_PX`` of a line class follows that line (the module docstring). ``fractions`` is
+        then unused.
 
     Returns
     -------
@@ -239,6 +289,8 @@ def simulate_strokes(
     n = _check_positive_int("n_strokes", n_strokes, 0)
     length = _check_positive_int("length", length)
     seed = _check_positive_int("seed", seed, 0)
+    if user not in USERS:
+        raise ValueError(f"user must be one of {USERS}, got {user!r}")
     kinds_t = _per_class("kinds", kinds, k, str)
     if any(x not in KINDS for x in kinds_t):
         raise ValueError(f"kinds must be among {KINDS}, got {kinds_t}")
@@ -262,24 +314,27 @@ def simulate_strokes(
     for z in todo:
         rng = np.random.default_rng([seed, z])
         out[z] = _paint_slice(stack[z], n, kinds_t, widths_t, fr, length,
-                              None if wts is None else wts[z], rng)
+                              None if wts is None else wts[z], rng, user)
     return out[0] if cls.ndim == 2 else out
 
 
 def membrane_strokes(
     gt: Any, *, slices: Sequence[int] | None = (0, 1), n_strokes: int = 40,
     membrane_value: int = 0, length: int = 25, seed: int = 0, where: Any = None,
+    user: str = "share",
 ) -> np.ndarray:
     """Membrane-task strokes on an EM ground truth (ISBI 2012: 0 = membrane, 255 = cell).
 
     3-px strokes along membranes are label 1, 5-px strokes inside cells label 2, half each
-    (see :func:`simulate_strokes` for the other parameters; ``slices=None`` paints all).
+    (``user="share"``) or as a user finds them at the spots (``"look"``; see
+    :func:`simulate_strokes` for the other parameters; ``slices=None`` paints all).
     """
     g = np.asarray(gt)
     classes = np.where(g == membrane_value, 1, 2).astype(np.uint8)
     slices = slices if g.ndim == 3 else None
     return simulate_strokes(classes, n_strokes=n_strokes, kinds=("line", "region"),
-                            widths=(3, 5), length=length, slices=slices, where=where, seed=seed)
+                            widths=(3, 5), length=length, slices=slices, where=where, seed=seed,
+                            user=user)
 
 
 def object_strokes(
