@@ -30,6 +30,11 @@ The loop of the Train widget, simulated on ISBI 2012 (train on slices 0-24, scor
    from the map and paints what is there: along the membrane if one lies within 3 px (a faint
    true membrane), else the cell interior over it (a false line, an organelle's rim).
    (``strokes.simulate_strokes(user=...)``; round 1 is always ``share``.)
+   ``--schedule``: round 2 restarts the learning rate's cosine at ``lr`` (``restart``, the
+   first runs), or goes on from where round 1 left it (``continue``: round 1 is a run planned
+   for ``--round1 + --round2`` steps, stopped after ``--round1``; round 2 starts at the
+   learning rate reached there and decays it to 0, as the live loop takes new strokes without
+   a restart). A restart lifts the learning rate back to its peak and can undo round 1.
    Each condition continues training the round-1 model for ``--round2`` steps on all its
    strokes, with the same seed, and is scored on slices 25-29 (V_Rand / V_Info, best over the
    ISBI threshold sweep, membrane probability, no TTA).
@@ -51,6 +56,8 @@ Data: ../shared/data/isbi2012 (or --data); the ISBI 2012 challenge data of Argan
 from __future__ import annotations
 
 import argparse
+import ast
+import math
 import platform
 import sys
 import time
@@ -73,7 +80,7 @@ from napari_unetseg.inference import InferenceConfig, predict  # noqa: E402
 from napari_unetseg.presets import MODEL_KEYS, TRAIN_KEYS, preset  # noqa: E402
 from napari_unetseg.ridges import boundary_class, ridge_lines  # noqa: E402
 from napari_unetseg.strokes import USERS, membrane_strokes  # noqa: E402
-from napari_unetseg.training import TrainConfig, fit, train  # noqa: E402
+from napari_unetseg.training import TrainConfig, TrainResult, train  # noqa: E402
 from napari_unetseg.uncertainty import (  # noqa: E402
     SPREAD,
     TILE_METHODS,
@@ -110,6 +117,22 @@ def membrane_prob(result, image: np.ndarray) -> np.ndarray:
     res = predict(result.model, image, normalization=result.normalization,
                   config=InferenceConfig(device="cpu"))
     return np.asarray(res.probabilities, np.float32)[:, list(result.class_values).index(1)]
+
+
+def round1(image, strokes, model_cfg, cfg, stop: int) -> TrainResult:
+    """The model after ``stop`` steps of a run planned for ``cfg.iterations`` (the learning
+    rate has decayed only as far as it has at ``stop``, as in a live run going on)."""
+    import copy
+
+    gen = train(image, strokes, model_cfg, cfg)
+    if stop >= cfg.iterations:
+        return drain(gen)
+    for ev in gen:
+        if ev.step >= stop:
+            break
+    model = copy.deepcopy(gen.model).cpu().eval()
+    gen.close()
+    return TrainResult(model, model_cfg, gen.normalization, gen.class_values)
 
 
 def round2(image, strokes, model_cfg, cfg, r1, last: int) -> tuple:
@@ -219,6 +242,15 @@ def recipe(args) -> tuple[ModelConfig, dict]:
     train["self_training_s"] = 0.0  # timed rounds: a step-count run would depend on speed
     if args.quick:
         model = ModelConfig(**{**model.to_dict(), "width": 4})
+    for item in args.set:  # --set KEY=VALUE: a TrainConfig field
+        key, _, text = item.partition("=")
+        fixed = ("iterations", "seed", "device", "val_fraction")  # set by the run
+        if key not in TrainConfig.__dataclass_fields__ or key in fixed:
+            raise SystemExit(f"--set {item!r}: not a TrainConfig field this run may set")
+        try:
+            train[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            train[key] = text
     return model, train
 
 
@@ -239,6 +271,10 @@ def main() -> None:
     p.add_argument("--spread", type=int, default=SPREAD, help="min distance of ranked slices")
     p.add_argument("--smooth", type=float, default=8.0, help="px, Gaussian on the map")
     p.add_argument("--power", type=float, default=2.0, help="weights = smoothed map ** power")
+    p.add_argument("--schedule", choices=["restart", "continue"], default="restart",
+                   help="round 2's learning rate: restart the cosine at lr, or go on from "
+                   "where round 1 stopped (round 1 planned for round1 + round2 steps, as a "
+                   "live run that takes new strokes without restarting)")
     p.add_argument("--user", choices=USERS, default="share",
                    help="round 2's strokes: half membrane, half interior (share), or what the "
                    "user finds at each spot (look: along a membrane within 3 px, else interior)")
@@ -250,6 +286,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, few steps")
     p.add_argument("--average", type=int, default=1,
                    help="also score the mean over round 2's last N models, 10 steps apart")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig setting of the scribbles recipe (repeatable)")
     p.add_argument("--json")
     args = p.parse_args()
     if args.threads:
@@ -267,10 +305,11 @@ def main() -> None:
     model_cfg, train_kw = recipe(args)
     rows, t_start = [], time.perf_counter()
     for seed in (int(s) for s in args.seeds.split(",")):
-        cfg = TrainConfig(iterations=args.round1, device="cpu", val_fraction=0, seed=seed,
+        steps = args.round1 + (args.round2 if args.schedule == "continue" else 0)
+        cfg = TrainConfig(iterations=steps, device="cpu", val_fraction=0, seed=seed,
                           **train_kw)
         first = membrane_strokes(train_gt, slices=FIRST, seed=seed)
-        r1 = fit(train_img, first, model_cfg, cfg)
+        r1 = round1(train_img, first, model_cfg, cfg, args.round1)
         maps = [m for m in methods if m in TILE_METHODS] or ["entropy"]  # one forward pass
         unc = uncertainty_maps(r1.model, train_img, normalization=r1.normalization,
                                methods=maps, slices=CANDIDATES)
@@ -287,7 +326,9 @@ def main() -> None:
                "boundary_class_right": guessed == list(r1.class_values).index(1),
                "pointing": how_well_it_points(unc, train_gt, topo), "round2": {}}
         print(f"seed {seed} round 1 {row['round1']} pointing {row['pointing']}", flush=True)
-        cfg2 = TrainConfig(**{**cfg.to_dict(), "iterations": args.round2,
+        lr2 = cfg.lr * (1.0 if args.schedule == "restart" else  # where round 1 stopped
+                        0.5 * (1 + math.cos(math.pi * args.round1 / cfg.iterations)))
+        cfg2 = TrainConfig(**{**cfg.to_dict(), "iterations": args.round2, "lr": lr2,
                               "augment": cfg.augment})
         for where in conditions:
             strokes, slices = add_strokes(train_gt, first, where, unc, args, seed)

@@ -115,6 +115,16 @@ def test_training_with_the_forest_trains_on_its_labels_and_counts_its_time(blobs
     off = fit(image, strokes, TINY, TrainConfig(**{**cfg.to_dict(), "teacher": "none",
                                                    "augment": AugmentConfig.off()}))
     assert "teacher_fits" not in off.metadata and off.metadata["pseudo_rounds"] == 0
+    light = train(image, strokes, TINY, TrainConfig(**{**cfg.to_dict(), "teacher_weight": 0.25,
+                                                       "augment": AugmentConfig.off()}))
+    next(light)
+    taught = (light.data.train_target[1] >= 0)  # slice 1: the teacher's targets only
+    assert taught.any()
+    for k in (0, 1):  # a quarter of what the full-weight run gives the same class
+        mine = light.data.weight[1][taught & (light.data.train_target[1] == k)]
+        full = run.data.weight[1][(run.data.train_target[1] == k)]
+        assert np.allclose(mine, 0.25 * full.max()) and np.allclose(full, full.max())
+    light.close()
 
 
 def _fits_with_new_strokes(blobs, clock):
@@ -161,6 +171,8 @@ def test_config_and_presets():
         TrainConfig(teacher="rf")
     with pytest.raises(ValueError, match="teacher_confidence"):
         TrainConfig(teacher_confidence=0.2)
+    with pytest.raises(ValueError, match="teacher_weight"):
+        TrainConfig(teacher_weight=1.5)
     assert split(preset("fast"))[1]["teacher"] == "forest"
     for other in ("paper", "wide", "resunet-em"):
         assert split(preset(other))[1].get("teacher", "none") == "none"
@@ -190,6 +202,13 @@ def test_the_teachers_targets_weigh_what_the_strokes_of_their_class_weigh(blobs)
     assert (out.weight[1][taught >= 0] == 1.0).all()
     painted = data.train_target >= 0
     assert np.array_equal(out.weight[painted], data.weight[painted])  # the strokes keep theirs
+    light = PseudoLabels(10.0, 2, 0.5, taught_weight=0.1)  # the strokes overrule the teacher
+    light.taught = {1: taught}
+    out = light.apply(data)
+    for k in (0, 1):
+        want = 0.1 * counts.sum() / (2 * counts[k])
+        assert np.allclose(out.weight[1][taught == k], want, rtol=1e-5)
+    assert np.allclose(out.weight[painted], data.weight[painted])
 
 
 def test_painted_features_by_tiles_match_the_whole_slice(monkeypatch):

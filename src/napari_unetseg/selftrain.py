@@ -77,12 +77,17 @@ class PseudoLabels:
         Balancing over the strokes and the teacher's targets together (mostly the larger
         class) over-weighs the smaller class: the network then over-predicts it (objects:
         0.60 IoU against 0.75 with the strokes' weights, ``benchmarks/scribbles.py``).
+    taught_weight : float
+        With a weight map, a teacher's target weighs this much of what a stroke of its class
+        weighs: below 1 the strokes, a few thousand pixels among hundreds of thousands of
+        the teacher's, can overrule the teacher where they say something else.
     """
 
     def __init__(self, every_s: float, slices: int, confidence: float,
-                 portion: float = 1.0, balance: bool = True) -> None:
+                 portion: float = 1.0, balance: bool = True,
+                 taught_weight: float = 1.0) -> None:
         self.every_s, self.slices, self.confidence = every_s, slices, confidence
-        self.portion, self.balance = portion, balance
+        self.portion, self.balance, self.taught_weight = portion, balance, taught_weight
         self.next_s = every_s
         self.not_before_s = 0.0  # no round before this run time (set by the training)
         self.rounds = 0
@@ -153,6 +158,8 @@ class PseudoLabels:
         fill(self.taught)
         if self.taught and weight is not None and self.balance:  # by the strokes' shares:
             weight = class_balance(train, data.num_classes, of=data.train_target)
+        if self.taught and weight is not None and self.taught_weight != 1.0:
+            weight[(train != IGNORE) & (data.train_target == IGNORE)] *= self.taught_weight
         fill(self.targets)
         slices = tuple(i for i in range(len(train)) if (train[i] >= 0).any())
         return replace(data, train_target=train, weight=weight, train_slices=slices)

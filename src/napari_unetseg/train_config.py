@@ -32,7 +32,7 @@ _NUMBERS = {  # name: (lo, hi, integer)
     "self_training_s": (0.0, 1e7, False), "pseudo_slices": (1, 100_000, True),
     "pseudo_confidence": (0.5, 1.0, False), "bn_momentum": (1e-3, 1.0, False),
     "pseudo_portion": (1e-3, 1.0, False), "teacher_slices": (1, 100_000, True),
-    "teacher_confidence": (0.5, 1.0, False),
+    "teacher_confidence": (0.5, 1.0, False), "teacher_weight": (0.0, 1.0, False),
 }
 
 
@@ -104,6 +104,9 @@ class TrainConfig:
         strokes). ``"none"``: off. Not used when training starts from a model (``init``): on
         another stack the bundled model scored 0.96 V_Rand where a forest of the same strokes
         scored 0.81, so the forest's targets would pull the model down.
+    teacher_weight : float
+        With a weight map (``loss="wce"``), a teacher's target weighs this share of what a
+        stroke of its class weighs (1: the same).
     bn_momentum : float
         Momentum of the BatchNorm running statistics while training (PyTorch's 0.1 by
         default): the share of each step's batch statistics in the statistics a preview, a
@@ -144,6 +147,7 @@ class TrainConfig:
     teacher: str = "none"
     teacher_slices: int = 4
     teacher_confidence: float = 0.8
+    teacher_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("val_slices", "ds_weights"):  # accept lists (e.g. from JSON)

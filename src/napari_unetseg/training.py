@@ -578,7 +578,7 @@ def _run(s: _Setup) -> Generator[TrainEvent, None, TrainResult]:
     sparse = s.data.labels_mode == "sparse"  # dense and instance labels: nothing to fill
     if sparse and (cfg.self_training_s > 0 or cfg.teacher != "none"):
         s.pseudo = PseudoLabels(cfg.self_training_s, cfg.pseudo_slices, cfg.pseudo_confidence,
-                                cfg.pseudo_portion, cfg.class_balance)
+                                cfg.pseudo_portion, cfg.class_balance, cfg.teacher_weight)
         s.data = s.pseudo.apply(s.data)
     if sparse and cfg.teacher == "forest" and s.init is None:  # a starting model (init)
         # knows more than a forest of a few strokes: its targets would pull it down
