@@ -51,9 +51,11 @@ def boundary_class(probs: np.ndarray) -> int:
     return int(np.argmin(depth))
 
 
-def ridge_lines(boundary: np.ndarray, h: float = H) -> np.ndarray:
+def ridge_lines(boundary: np.ndarray, h: float = H,
+                span: tuple[float, float] | None = None) -> np.ndarray:
     """Steps 1-3 of the module docstring for a boundary probability ``(Y, X)`` or
-    ``(Z, Y, X)`` (one stretch over the whole stack): float32 in [0, 1]."""
+    ``(Z, Y, X)``: float32 in [0, 1]. The stretch is ``span`` (``(lo, hi)``, e.g. the whole
+    stack's when one slice is done at a time), else the ``boundary``'s own."""
     from scipy import ndimage as ndi
     from skimage import measure, morphology, segmentation
 
@@ -65,7 +67,7 @@ def ridge_lines(boundary: np.ndarray, h: float = H) -> np.ndarray:
     if not np.isfinite(b).all():
         raise ValueError("boundary contains NaN or infinite values")
     stack = b[None] if b.ndim == 2 else b
-    lo, hi = stretch_span(stack) or (0.0, 1.0)
+    lo, hi = span or stretch_span(stack) or (0.0, 1.0)
     out = np.zeros(stack.shape, np.float32)
     for i, plane in enumerate(stack):
         q = ndi.gaussian_filter(np.clip((plane - lo) / (hi - lo), 0.0, 1.0), 1.0)
@@ -76,11 +78,12 @@ def ridge_lines(boundary: np.ndarray, h: float = H) -> np.ndarray:
     return out[0] if b.ndim == 2 else out
 
 
-def ridge_map(boundary: np.ndarray, h: float = H, smooth: float = SMOOTH) -> np.ndarray:
+def ridge_map(boundary: np.ndarray, h: float = H, smooth: float = SMOOTH,
+              span: tuple[float, float] | None = None) -> np.ndarray:
     """The measure: :func:`ridge_lines` blurred by ``smooth`` px in each slice."""
     from scipy import ndimage as ndi
 
-    lines = ridge_lines(boundary, h)
+    lines = ridge_lines(boundary, h, span)
     stack = lines[None] if lines.ndim == 2 else lines
     out = np.stack([ndi.gaussian_filter(x, smooth) for x in stack]).astype(np.float32)
     return out[0] if lines.ndim == 2 else out

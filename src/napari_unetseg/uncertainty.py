@@ -199,7 +199,8 @@ def _run(model, image, normalization, methods, lay, indices, dev, plan, batch_si
     probs = np.zeros((len(indices), k, *lay.shape), np.float32)
     maps = np.zeros((len(tiled), len(indices), *lay.shape), np.float32)
     ridges = "ridges" in methods
-    total = plan.n_tiles * len(indices) + (1 if ridges else 0)
+    tiles = plan.n_tiles * len(indices)
+    total = tiles + (len(indices) if ridges else 0)  # the ridges: one step per slice
     for i, z in enumerate(indices):
         raw = np.asarray(normalization(_read_slice(image, lay, z)), np.float32)
         gen = iter_tiled(raw, fn, plan, batch_size=batch_size, device=dev)
@@ -212,11 +213,16 @@ def _run(model, image, normalization, methods, lay, indices, dev, plan, batch_si
             yield ProgressEvent(i * plan.n_tiles + done, total, z, f"slice {z}: tile {done}")
         probs[i], maps[:, i] = out[:k], out[k:]
     result = dict(zip(tiled, maps, strict=True))
-    if ridges:
+    if ridges:  # one stretch for the stack, then slice by slice (progress, cancel)
+        from .postprocess import stretch_span
         from .ridges import boundary_class, ridge_map
 
-        result["ridges"] = ridge_map(probs[:, boundary_class(probs)])
-        yield ProgressEvent(total, total, indices[-1], "unsure cell boundaries")
+        boundary = probs[:, boundary_class(probs)]
+        span = stretch_span(boundary) or (0.0, 1.0)
+        result["ridges"] = np.zeros_like(boundary)
+        for i, z in enumerate(indices):
+            result["ridges"][i] = ridge_map(boundary[i], span=span)
+            yield ProgressEvent(tiles + i + 1, total, z, f"slice {z}: unsure cell boundaries")
     flat = lay.z_axis is None
     result = {m: result[m][0] if flat else result[m] for m in methods}
     return UncertaintyResult(result, probs, tuple(indices), time.perf_counter() - t0)
