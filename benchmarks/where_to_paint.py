@@ -39,6 +39,9 @@ The loop of the Train widget, simulated on ISBI 2012 (train on slices 0-24, scor
    strokes, with the same seed, and is scored on slices 25-29 (V_Rand / V_Info, best over the
    ISBI threshold sweep, membrane probability, no TTA).
 
+``--control`` adds *none*: round 2 trains on round 1's strokes only, the same steps, so that
+what new strokes add at all can be told from what their placement adds.
+
 ``--methods errors`` adds an oracle: the round-1 model's wrong pixels, taken from the ground
 truth, placed like a map. No user has that map, though a user sees gross errors in the preview;
 if strokes placed on the errors themselves do not beat random ones, no uncertainty map can.
@@ -101,6 +104,8 @@ TOPO = "topo"
 #: the package's unsure cell boundaries (napari_unetseg.ridges), before their blur
 RIDGES = "ridges"
 TEST = slice(25, 30)
+#: the control: round 2 goes on with round 1's strokes only (do new strokes help at all?)
+NONE = "none"
 
 
 def auroc(score: np.ndarray, positive: np.ndarray) -> float:
@@ -211,6 +216,8 @@ def how_well_it_points(unc, gt: np.ndarray, topo: np.ndarray | None = None) -> d
 def add_strokes(gt: np.ndarray, old: np.ndarray, condition: str, unc, args, seed: int
                 ) -> tuple[np.ndarray, list[int]]:
     """Round-1 strokes plus the new ones of one condition, and the slices painted."""
+    if condition == NONE:
+        return old, []
     method, _, placement = condition.partition(":")
     draw = int(method.partition("#")[2] or 1)  # random#k: the k-th uninformed user
     rng = np.random.default_rng([seed, 7] if draw == 1 else [seed, 7, draw])
@@ -261,7 +268,10 @@ def main() -> None:
     p.add_argument("--recipe", choices=["scribbles", "legacy"], default="scribbles")
     p.add_argument("--methods", help="uncertainty maps (default: entropy,tta for a U-Net, "
                    "all for the legacy UNet++)")
-    p.add_argument("--random-draws", type=int, default=1, help="random placements per seed")
+    p.add_argument("--random-draws", type=int, default=1,
+                   help="random placements per seed (0: none)")
+    p.add_argument("--control", action="store_true",
+                   help="add 'none': round 2 on round 1's strokes only, no new strokes")
     p.add_argument("--round1", type=int, default=300, help="steps from scratch")
     p.add_argument("--round2", type=int, default=200, help="steps after the new strokes")
     p.add_argument("--add-slices", type=int, default=2)
@@ -298,7 +308,9 @@ def main() -> None:
         args.methods = ",".join(TILE_METHODS) if args.recipe == "legacy" else "entropy,tta"
     methods = [m for m in args.methods.split(",") if m]
     randoms = ["random", *(f"random#{k}" for k in range(2, args.random_draws + 1))]
-    conditions = [*randoms, *(f"{m}:{p}" for m in methods for p in args.placements.split(","))]
+    randoms = randoms if args.random_draws >= 1 else []
+    conditions = [*([NONE] if args.control else []), *randoms,
+                  *(f"{m}:{p}" for m in methods for p in args.placements.split(","))]
     image = tifffile.imread(args.data / "train-volume.tif")
     gt = tifffile.imread(args.data / "train-labels.tif")
     train_img, train_gt = image[:25], gt[:25]
@@ -347,7 +359,7 @@ def main() -> None:
         vals = {k: [r["round2"][where][k] for r in rows] for k in keys}
         summary[where] = {f"{k}_mean": round(float(np.mean(v)), 4) for k, v in vals.items()}
         summary[where].update({f"{k}_sd": round(float(np.std(v)), 4) for k, v in vals.items()})
-        if where != "random":  # random#k too: the noise between two uninformed users
+        if where != "random" and "random" in conditions:  # random#k: two uninformed users
             for k in keys:
                 d = [r["round2"][where][k] - r["round2"]["random"][k] for r in rows]
                 summary[where][f"{k}_minus_random"] = [round(x, 4) for x in d]
