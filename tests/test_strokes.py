@@ -87,6 +87,9 @@ def test_a_looking_user_paints_what_is_at_the_spot():
     assert (uniform == 2).any() and (uniform == 1).any()  # uniform spots find both classes
     with pytest.raises(ValueError, match="user"):
         simulate_strokes(classes, user="guess", **kw)
+    blank = np.stack([classes, np.zeros_like(classes)])  # a slice with nothing to paint
+    both = simulate_strokes(blank, where=np.stack([away, away]), user="look", **kw)
+    assert both[0].any() and not both[1].any()
 
 
 def test_object_task_strokes_and_organelles():

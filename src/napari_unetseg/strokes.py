@@ -202,6 +202,8 @@ def _paint_slice(
         guides.append(guide)
         starts.append(start_ok)
     near = np.zeros((h, w), bool)  # pixels close to earlier strokes: no new start there
+    if user == "look" and not any(s.any() for s in starts):
+        return out  # nothing on this slice can be painted
     look = _Look(classes, kinds, starts) if user == "look" else None
     for c in (_schedule(n, fractions) if look is None else [None] * n):
         ok = starts[c] & ~near if look is None else ~near
