@@ -155,26 +155,22 @@ class _Look:
 
     def __init__(self, classes: np.ndarray, kinds: tuple, starts: list) -> None:
         self.classes = classes
-        lines = [c for c, kind in enumerate(kinds) if kind == "line" and starts[c].any()]
-        self.line = None  # distance to the nearest line skeleton, and which skeleton pixel
-        if lines:
-            skel = np.zeros(classes.shape, np.int16)
-            for c in lines:
-                skel[starts[c] & (skel == 0)] = c + 1
-            self.skel = skel
-            self.line = ndi.distance_transform_edt(skel == 0, return_indices=True)
-        self.nearest = [ndi.distance_transform_edt(~s, return_indices=True)[1] if s.any()
-                        else None for s in starts]
+        #: per class: distance to its nearest start pixel and that pixel's indices (None: absent)
+        self.edt = [ndi.distance_transform_edt(~s, return_indices=True) if s.any() else None
+                    for s in starts]
+        self.lines = [c for c, kind in enumerate(kinds)
+                      if kind == "line" and self.edt[c] is not None]
 
     def __call__(self, spot: tuple[int, int]) -> tuple[int, tuple[int, int]]:
         y, x = spot
-        if self.line is not None and self.line[0][y, x] <= LOOK_PX:
-            sy, sx = (int(i[y, x]) for i in self.line[1])
-            return int(self.skel[sy, sx]) - 1, (sy, sx)
-        c = int(self.classes[y, x]) - 1
-        if c < 0 or self.nearest[c] is None:  # unpaintable pixel: the nearest paintable class
-            c = next(k for k, n in enumerate(self.nearest) if n is not None)
-        idx = self.nearest[c]
+        near = [(self.edt[c][0][y, x], c) for c in self.lines]
+        if near and min(near)[0] <= LOOK_PX:  # along the nearest line (its skeleton)
+            c = min(near)[1]
+        else:
+            c = int(self.classes[y, x]) - 1
+            if c < 0 or self.edt[c] is None:  # unpaintable pixel: the first paintable class
+                c = next(k for k, e in enumerate(self.edt) if e is not None)
+        idx = self.edt[c][1]
         return c, (int(idx[0][y, x]), int(idx[1][y, x]))
 
 
