@@ -40,15 +40,20 @@ _MODEL = {f.name for f in dataclasses.fields(ModelConfig)}
 _TRAIN = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def settings(recipe: str, overrides: list[str]) -> dict[str, Any]:
-    out = dict(RECIPES[recipe])
-    for item in overrides:
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as a dict; a VALUE that is not a Python literal is a str."""
+    out = {}
+    for item in items:
         key, _, text = item.partition("=")
         try:
             out[key] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             out[key] = text
     return out
+
+
+def settings(recipe: str, overrides: list[str]) -> dict[str, Any]:
+    return {**RECIPES[recipe], **parse_overrides(overrides)}
 
 
 def deep_run(task: dict, recipe: str, overrides: list[str], marks: list[float], clock,

@@ -59,7 +59,7 @@ Data: ../shared/data/isbi2012 (or --data); the ISBI 2012 challenge data of Argan
 from __future__ import annotations
 
 import argparse
-import ast
+import copy
 import math
 import platform
 import sys
@@ -74,6 +74,7 @@ from scipy import ndimage as ndi
 from scipy.stats import rankdata, spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _recipes import parse_overrides  # noqa: E402
 from _record import emit  # noqa: E402
 
 from napari_unetseg import metrics  # noqa: E402
@@ -127,8 +128,6 @@ def membrane_prob(result, image: np.ndarray) -> np.ndarray:
 def round1(image, strokes, model_cfg, cfg, stop: int) -> TrainResult:
     """The model after ``stop`` steps of a run planned for ``cfg.iterations`` (the learning
     rate has decayed only as far as it has at ``stop``, as in a live run going on)."""
-    import copy
-
     gen = train(image, strokes, model_cfg, cfg)
     if stop >= cfg.iterations:
         return drain(gen)
@@ -143,8 +142,6 @@ def round1(image, strokes, model_cfg, cfg, stop: int) -> TrainResult:
 def round2(image, strokes, model_cfg, cfg, r1, last: int) -> tuple:
     """Round 2 trained from ``r1``: its result and copies of the model every 10 steps over its
     last ``10 * (last - 1)`` steps (the final model is the result's)."""
-    import copy
-
     gen = train(image, strokes, model_cfg, cfg, resume=r1)
     first = cfg.iterations - 10 * (last - 1)
     copies = []
@@ -249,15 +246,11 @@ def recipe(args) -> tuple[ModelConfig, dict]:
     train["self_training_s"] = 0.0  # timed rounds: a step-count run would depend on speed
     if args.quick:
         model = ModelConfig(**{**model.to_dict(), "width": 4})
-    for item in args.set:  # --set KEY=VALUE: a TrainConfig field
-        key, _, text = item.partition("=")
-        fixed = ("iterations", "seed", "device", "val_fraction")  # set by the run
+    fixed = ("iterations", "seed", "device", "val_fraction")  # set by the run
+    for key, value in parse_overrides(args.set).items():  # --set KEY=VALUE: TrainConfig
         if key not in TrainConfig.__dataclass_fields__ or key in fixed:
-            raise SystemExit(f"--set {item!r}: not a TrainConfig field this run may set")
-        try:
-            train[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            train[key] = text
+            raise SystemExit(f"--set {key}: not a TrainConfig field this run may set")
+        train[key] = value
     return model, train
 
 
