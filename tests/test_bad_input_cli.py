@@ -308,10 +308,17 @@ def test_a_signal_while_saving_leaves_the_old_file_and_no_temporary(d, tmp_path,
 
 
 def _spawn(args: list, cwd: Path) -> subprocess.Popen:
+    """The CLI as a terminal starts it. A shell starts a background job with SIGINT ignored,
+    and its children inherit that; the CLI, like Python, leaves an ignored SIGINT ignored. A
+    signal this process catches is the default in the child, so catch SIGINT while spawning."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.Popen([sys.executable, "-m", "napari_unetseg.cli", *map(str, args)],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "napari_unetseg.cli", *map(str, args)],
+                                cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _wait_for(proc: subprocess.Popen, prefix: str, timeout: float = 120) -> None:
